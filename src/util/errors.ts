@@ -1,0 +1,107 @@
+/**
+ * The error hierarchy. Every condition has its own class with a stable `code`; the API layer maps codes to
+ * gRPC status codes in one place, and the CLI maps them to exit codes. Messages say what was wrong and what
+ * to do about it.
+ */
+
+export type ErrorCode =
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'FAILED_PRECONDITION'
+  | 'TOOL_MISSING'
+  | 'COMMAND_FAILED'
+  | 'TIMEOUT'
+  | 'UNAVAILABLE'
+  | 'CHECKPOINT_FAILED'
+  | 'RESTORE_FAILED'
+  | 'INTEGRITY'
+  | 'TESTBED';
+
+export abstract class LxcrError extends Error {
+  abstract readonly code: ErrorCode;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+export class InvalidArgumentError extends LxcrError {
+  readonly code = 'INVALID_ARGUMENT';
+}
+
+export class NotFoundError extends LxcrError {
+  readonly code = 'NOT_FOUND';
+}
+
+export class AlreadyExistsError extends LxcrError {
+  readonly code = 'ALREADY_EXISTS';
+}
+
+/** The system is not in the state the operation needs (a container not running, a node not up, ...). */
+export class FailedPreconditionError extends LxcrError {
+  readonly code = 'FAILED_PRECONDITION';
+}
+
+/** A program we depend on (java, lxc-checkpoint, criu, ...) is not installed or not usable. */
+export class ToolMissingError extends LxcrError {
+  readonly code = 'TOOL_MISSING';
+  constructor(
+    readonly tool: string,
+    hint: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`${tool} is not available: ${hint}`, options);
+  }
+}
+
+/** A child process exited non-zero. Carries its argv, exit status and the tail of its output. */
+export class CommandFailedError extends LxcrError {
+  readonly code = 'COMMAND_FAILED';
+  constructor(
+    readonly argv: readonly string[],
+    readonly exitCode: number | null,
+    readonly signal: string | null,
+    readonly stdout: string,
+    readonly stderr: string,
+    detail?: string,
+  ) {
+    const how = signal ? `was killed by ${signal}` : `exited with code ${exitCode}`;
+    const tail = lastLines(stderr || stdout, 12);
+    super(`${argv.join(' ')} ${how}${detail ? `: ${detail}` : ''}${tail ? `\n${tail}` : ''}`);
+  }
+}
+
+export class TimeoutError extends LxcrError {
+  readonly code = 'TIMEOUT';
+}
+
+export class UnavailableError extends LxcrError {
+  readonly code = 'UNAVAILABLE';
+}
+
+export class CheckpointError extends LxcrError {
+  readonly code = 'CHECKPOINT_FAILED';
+}
+
+export class RestoreError extends LxcrError {
+  readonly code = 'RESTORE_FAILED';
+}
+
+export class IntegrityError extends LxcrError {
+  readonly code = 'INTEGRITY';
+}
+
+/** The local testbed could not be brought up, controlled or torn down. */
+export class TestbedError extends LxcrError {
+  readonly code = 'TESTBED';
+}
+
+export function lastLines(text: string, count: number): string {
+  const lines = text.trimEnd().split('\n');
+  return lines.slice(-count).join('\n');
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
