@@ -35,15 +35,16 @@ export function run(program: string, args: readonly string[], options: RunOption
     const child = spawn(program, args, {
       cwd: options.cwd,
       env: options.env ? { ...process.env, ...options.env } : process.env,
+      // stdout and stderr are always pipes, so child.stdout/stderr below are never null.
       stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
     let timedOut = false;
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       if (stdout.length < MAX_CAPTURE) stdout += d;
     });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       if (stderr.length < MAX_CAPTURE) stderr += d;
     });
     if (options.input !== undefined) child.stdin?.end(options.input);

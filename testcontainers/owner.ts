@@ -1,0 +1,55 @@
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * Who owns a testbed run directory: the PID and kernel start time of the process that created it. A run
+ * whose owner is gone (or whose PID now belongs to a different process) is a crashed run's leftover.
+ */
+export interface RunOwner {
+  pid: number;
+  startTime: string;
+}
+
+const OWNER_FILE = 'owner.json';
+
+export function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Field 22 (starttime), counted after the parenthesised command name.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+export function claimRunDir(runDir: string): void {
+  mkdirSync(runDir, { recursive: true });
+  const owner: RunOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
+  writeFileSync(join(runDir, OWNER_FILE), JSON.stringify(owner));
+}
+
+export function readOwner(runDir: string): RunOwner | undefined {
+  try {
+    return JSON.parse(readFileSync(join(runDir, OWNER_FILE), 'utf8')) as RunOwner;
+  } catch {
+    return undefined;
+  }
+}
+
+export function ownerAlive(owner: RunOwner | undefined): boolean {
+  return owner !== undefined && processStartTime(owner.pid) === owner.startTime;
+}
+
+export function listRunDirs(rootDir: string): string[] {
+  try {
+    return readdirSync(rootDir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => join(rootDir, e.name));
+  } catch {
+    return [];
+  }
+}
+
+export function removeRunDir(runDir: string): void {
+  rmSync(runDir, { recursive: true, force: true });
+}
