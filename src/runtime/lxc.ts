@@ -1,0 +1,504 @@
+/**
+ * The LXC driver: a ContainerRuntime over the lxc-* tools of LXC 5.0, one lxcpath per runtime (every call
+ * passes it with -P). Checkpoint and restore go through lxc-checkpoint, which runs CRIU.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readdir, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { delimiter, join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import {
+  CheckpointError,
+  CommandFailedError,
+  errorMessage,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  lastLines,
+  NotFoundError,
+  RestoreError,
+  TimeoutError,
+  ToolMissingError,
+} from '../util/errors.ts';
+import { run, type RunOptions } from '../util/exec.ts';
+import { createLogger, type Logger } from '../util/log.ts';
+import { checkCriu, findOnPath, readCriuLogErrors, resolveCriuPath } from './criu.ts';
+import {
+  isContainerState,
+  type CheckpointOptions,
+  type CheckpointResult,
+  type ContainerRuntime,
+  type ContainerState,
+  type RestoreResult,
+  type StopOptions,
+} from './runtime.ts';
+
+const LXC_HINT = 'install the Debian package lxc (apt-get install lxc)';
+
+/**
+ * A conservative subset of what LXC accepts: the name becomes a directory under the lxcpath, part of the
+ * monitor's abstract socket and cgroup names, and the container's hostname, so anything that could escape
+ * the lxcpath ('/', '..'), read as an option (leading '-') or break a path or hostname is refused.
+ */
+const CONTAINER_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+export function validateContainerName(name: unknown): string {
+  if (typeof name !== 'string' || !CONTAINER_NAME.test(name)) {
+    throw new InvalidArgumentError(
+      `invalid container name ${JSON.stringify(name)}: use 1-64 letters, digits, '.', '_' or '-', ` +
+        'starting with a letter or digit',
+    );
+  }
+  return name;
+}
+
+/**
+ * Rewrites the paths in a container's configuration after its directory moved (a copy on another host or
+ * lxcpath): every path under `fromDir` now points under `toDir`.
+ */
+export function relocateLxcConfig(configText: string, fromDir: string, toDir: string): string {
+  const escaped = fromDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  // Whole paths only: starting a value (after '=', ':' as in "dir:", or a space) and ending at a separator.
+  return configText.replace(new RegExp(`(?<![^\\s:=])${escaped}(?=/|\\s|$)`, 'gm'), toDir);
+}
+
+// iptables is not installed on our hosts; without this CRIU's network lock (dump) fails.
+const CRIU_CONFIG =
+  '# Written by LXCloud-CR; lxc-checkpoint passes it to CRIU via CRIU_CONFIG_FILE.\nnetwork-lock nftables\n';
+
+export interface LxcRuntimeOptions {
+  /** The directory holding this host's containers (`lxc-* -P`). Relative paths are resolved. */
+  lxcpath: string;
+  /** The criu binary lxc-checkpoint must run. Default: {@link resolveCriuPath}, on the first checkpoint/restore. */
+  criuPath?: string;
+  /** Run CRIU at full verbosity (lxc-checkpoint -v): detailed, and for big dumps large, dump.log/restore.log. */
+  verbose?: boolean;
+  /** Limit for ordinary lxc-* commands, ms. Default 60 s. */
+  commandTimeoutMs?: number;
+  /** Limit for one dump or restore, ms. Default 5 min (a GiB-sized dump takes seconds). */
+  checkpointTimeoutMs?: number;
+  /**
+   * Before restoring images dumped (with `stop`) on this machine: how long to wait for the dumped processes to
+   * leave the process table, ms. Default 15 s.
+   */
+  oldProcessesTimeoutMs?: number;
+  logger?: Logger;
+}
+
+interface CompiledOptions extends Required<Omit<LxcRuntimeOptions, 'criuPath'>> {
+  criuPath: string | undefined;
+}
+
+function compileOptions(options: LxcRuntimeOptions): CompiledOptions {
+  if (typeof options.lxcpath !== 'string' || options.lxcpath === '') {
+    throw new InvalidArgumentError('lxcpath: must be a non-empty path');
+  }
+  const positive = (key: keyof LxcRuntimeOptions, fallback: number): number => {
+    const value = options[key] ?? fallback;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw new InvalidArgumentError(`${key}: must be a positive number of milliseconds`);
+    }
+    return value;
+  };
+  return {
+    // LXC names a container's command socket after the lxcpath string it was started with: a relative path
+    // makes a running container look STOPPED to any caller that spells the path differently.
+    lxcpath: resolve(options.lxcpath),
+    criuPath: options.criuPath === undefined ? undefined : resolve(options.criuPath),
+    verbose: options.verbose ?? false,
+    commandTimeoutMs: positive('commandTimeoutMs', 60_000),
+    checkpointTimeoutMs: positive('checkpointTimeoutMs', 300_000),
+    oldProcessesTimeoutMs: positive('oldProcessesTimeoutMs', 15_000),
+    logger: options.logger ?? createLogger('runtime.lxc'),
+  };
+}
+
+/** A process as it was when we looked: the start time tells it apart from a later process reusing its PID. */
+interface ProcessIdentity {
+  pid: number;
+  startTime: string;
+}
+
+interface ProcessStat extends ProcessIdentity {
+  parentPid: number;
+}
+
+async function readProcessStat(pid: number): Promise<ProcessStat | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // Fields after the parenthesised command name (which may itself contain spaces and parentheses):
+  // state, ppid, ... with starttime the 20th of them (field 22 of proc(5)).
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const parentPid = Number(fields[1]);
+  const startTime = fields[19];
+  return startTime === undefined ? undefined : { pid, parentPid, startTime };
+}
+
+/** Whether the process is still in the process table, as a zombie or alive. */
+async function isStillPresent(identity: ProcessIdentity): Promise<boolean> {
+  return (await readProcessStat(identity.pid))?.startTime === identity.startTime;
+}
+
+/** The process `rootPid` and all its descendants. */
+async function processTree(rootPid: number): Promise<ProcessStat[]> {
+  const pids = (await readdir('/proc')).filter((entry) => /^\d+$/.test(entry)).map(Number);
+  const stats = (await Promise.all(pids.map(readProcessStat))).filter((s): s is ProcessStat => s !== undefined);
+  const tree = stats.filter((s) => s.pid === rootPid);
+  for (let i = 0; i < tree.length; i++) {
+    tree.push(...stats.filter((s) => s.parentPid === tree[i]?.pid));
+  }
+  return tree;
+}
+
+/** SIGKILLs a process and all its descendants (a process group is not enough: CRIU's tasks leave it). */
+async function killProcessTree(rootPid: number): Promise<void> {
+  for (const { pid } of await processTree(rootPid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+async function replaceAtomically(target: string, create: (temporary: string) => Promise<void>): Promise<void> {
+  const temporary = `${target}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  await create(temporary);
+  await rename(temporary, target);
+}
+
+/**
+ * Kept beside the images of a stopping dump: the container's processes at dump time and the machine they ran
+ * on, so that a restore on the same machine (any lxcpath, any process) can wait until they are gone.
+ */
+const DUMPED_PROCESSES_FILE = 'lxcr-dumped-processes.json';
+
+interface DumpedProcesses {
+  bootId: string;
+  processes: ProcessIdentity[];
+}
+
+async function machineBootId(): Promise<string> {
+  return (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+}
+
+/** The record of a stopping dump; undefined when there is none or it is unreadable (then nothing to wait for). */
+async function readDumpedProcesses(imagesDir: string): Promise<DumpedProcesses | undefined> {
+  try {
+    const text = await readFile(join(imagesDir, DUMPED_PROCESSES_FILE), 'utf8');
+    const record = JSON.parse(text) as Partial<DumpedProcesses>;
+    const valid =
+      typeof record.bootId === 'string' &&
+      Array.isArray(record.processes) &&
+      record.processes.every((p) => Number.isInteger(p.pid) && typeof p.startTime === 'string');
+    return valid ? (record as DumpedProcesses) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function imageBytes(imagesDir: string): Promise<number> {
+  const entries = await readdir(imagesDir, { withFileTypes: true });
+  const sizes = await Promise.all(
+    entries
+      .filter((entry) => entry.isFile() && !entry.name.endsWith('.log') && entry.name !== DUMPED_PROCESSES_FILE)
+      .map(async (entry) => (await stat(join(imagesDir, entry.name))).size),
+  );
+  return sizes.reduce((sum, size) => sum + size, 0);
+}
+
+interface DetachedRunResult {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  output: string;
+}
+
+/**
+ * Runs a program in its own session with its output going to a file, and waits for its exit only.
+ * `lxc-checkpoint -r` becomes the restored container's monitor without daemonizing: the monitor keeps the
+ * caller's stdout/stderr and process group. Through pipes the call would never complete (the pipes stay open
+ * while the container runs), and a signal to our process group would take the container down. On timeout
+ * the whole process tree is killed: a half-done restore leaves CRIU tasks that would otherwise run on.
+ */
+async function runDetached(
+  program: string,
+  args: readonly string[],
+  options: { env: NodeJS.ProcessEnv; timeoutMs: number; outputFile: string },
+): Promise<DetachedRunResult> {
+  const output = await open(options.outputFile, 'w');
+  try {
+    const child = spawn(program, args, {
+      env: { ...process.env, ...options.env },
+      detached: true,
+      stdio: ['ignore', output.fd, output.fd],
+    });
+    const { exitCode, signal } = await new Promise<Omit<DetachedRunResult, 'output'>>((resolveExit, reject) => {
+      const timer = setTimeout(() => {
+        const timedOut = new TimeoutError(`${program} ${args.join(' ')} did not finish within ${options.timeoutMs} ms`);
+        void (child.pid === undefined ? Promise.resolve() : killProcessTree(child.pid)).finally(() => reject(timedOut));
+      }, options.timeoutMs);
+      child.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(err.code === 'ENOENT' ? new ToolMissingError(program, LXC_HINT, { cause: err }) : err);
+      });
+      child.once('exit', (code, sig) => {
+        clearTimeout(timer);
+        resolveExit({ exitCode: code, signal: sig });
+      });
+    });
+    return { exitCode, signal, output: await readFile(options.outputFile, 'utf8') };
+  } finally {
+    await output.close();
+  }
+}
+
+/** A failure message that puts CRIU's own error lines first, then where to read more. */
+async function describeCriuFailure(what: string, criuLog: string, err: unknown): Promise<string> {
+  const criuErrors = await readCriuLogErrors(criuLog);
+  const reported = criuErrors.length > 0 ? `; CRIU reported:\n  ${criuErrors.join('\n  ')}` : '';
+  return `${what} failed${reported}\nCRIU log: ${criuLog}\n${errorMessage(err)}`;
+}
+
+export class LxcRuntime implements ContainerRuntime {
+  readonly lxcpath: string;
+  private readonly options: CompiledOptions;
+  private readonly log: Logger;
+  /** Files lxc-checkpoint needs, beside the containers: CRIU's config and a PATH entry for our criu. */
+  private readonly runtimeDir: string;
+  private criuEnvironment: Promise<NodeJS.ProcessEnv> | undefined;
+
+  constructor(options: LxcRuntimeOptions) {
+    this.options = compileOptions(options);
+    this.lxcpath = this.options.lxcpath;
+    this.log = this.options.logger;
+    // lxc-ls only lists directories holding a `config` file, so this one is never taken for a container.
+    this.runtimeDir = join(this.lxcpath, '.lxcr');
+  }
+
+  configPath(name: string): string {
+    return join(this.containerDir(name), 'config');
+  }
+
+  async rootfsPath(name: string): Promise<string> {
+    await this.requireExisting(name);
+    const config = await readFile(this.configPath(name), 'utf8');
+    const value = [...config.matchAll(/^\s*lxc\.rootfs\.path\s*=\s*(.*?)\s*$/gm)].at(-1)?.[1];
+    if (value === undefined || value === '') return join(this.containerDir(name), 'rootfs');
+    if (value.startsWith('dir:')) return value.slice('dir:'.length);
+    if (value.startsWith('/')) return value;
+    throw new FailedPreconditionError(
+      `container ${name} uses rootfs "${value}"; only directory rootfs ("dir:" or a plain path) can be snapshotted`,
+    );
+  }
+
+  async list(): Promise<string[]> {
+    const { stdout } = await this.lxc('lxc-ls', undefined, ['-1']);
+    return stdout
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line !== '')
+      .sort();
+  }
+
+  async exists(name: string): Promise<boolean> {
+    try {
+      return (await stat(this.configPath(name))).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  async state(name: string): Promise<ContainerState> {
+    await this.requireExisting(name);
+    const { stdout } = await this.lxc('lxc-info', name, ['-s', '-H']);
+    const state = stdout.trim();
+    if (!isContainerState(state)) {
+      throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
+    }
+    return state;
+  }
+
+  async start(name: string): Promise<void> {
+    await this.requireState(name, 'STOPPED', 'start');
+    // lxc-start daemonizes the monitor properly and returns once the container runs.
+    await this.lxc('lxc-start', name, []);
+  }
+
+  async stop(name: string, options: StopOptions = {}): Promise<void> {
+    if ((await this.state(name)) === 'STOPPED') return;
+    const graceSeconds = Math.ceil((options.timeoutMs ?? 30_000) / 1000);
+    await this.lxc('lxc-stop', name, options.kill ? ['-k'] : ['-t', String(graceSeconds)], {
+      timeoutMs: this.options.commandTimeoutMs + graceSeconds * 1000,
+    });
+  }
+
+  async destroy(name: string): Promise<void> {
+    await this.requireState(name, 'STOPPED', 'destroy');
+    await this.lxc('lxc-destroy', name, []);
+  }
+
+  async checkpoint(name: string, imagesDir: string, options: CheckpointOptions): Promise<CheckpointResult> {
+    const dir = resolve(imagesDir);
+    await this.requireState(name, 'RUNNING', 'checkpoint');
+    const env = await this.prepareCriu();
+    await mkdir(dir, { recursive: true });
+    if ((await readdir(dir)).length > 0) {
+      throw new FailedPreconditionError(`images directory ${dir} is not empty; a checkpoint needs an empty one`);
+    }
+    const oldProcesses = options.stop ? await this.containerProcesses(name) : [];
+
+    const started = performance.now();
+    try {
+      await this.lxc('lxc-checkpoint', name, ['-D', dir, ...(options.stop ? ['-s'] : []), ...this.verboseFlag()], {
+        env,
+        timeoutMs: this.options.checkpointTimeoutMs,
+      });
+    } catch (err) {
+      throw new CheckpointError(await describeCriuFailure(`checkpoint of ${name}`, join(dir, 'dump.log'), err), {
+        cause: err,
+      });
+    }
+    const dumpMs = performance.now() - started;
+    if (options.stop) {
+      const record: DumpedProcesses = { bootId: await machineBootId(), processes: oldProcesses };
+      await writeFile(join(dir, DUMPED_PROCESSES_FILE), JSON.stringify(record));
+    }
+    const result = { imagesDir: dir, dumpMs, imageBytes: await imageBytes(dir) };
+    this.log.info('checkpointed container', { name, stop: options.stop, ...result });
+    return result;
+  }
+
+  async restore(name: string, imagesDir: string): Promise<RestoreResult> {
+    const dir = resolve(imagesDir);
+    await this.requireState(name, 'STOPPED', 'restore');
+    try {
+      await stat(join(dir, 'inventory.img'));
+    } catch (err) {
+      throw new NotFoundError(`no checkpoint images in ${dir} (inventory.img missing)`, { cause: err });
+    }
+    const env = await this.prepareCriu();
+    const waitedForOldProcessesMs = await this.waitForDumpedProcesses(name, dir);
+
+    const argv = ['-P', this.lxcpath, '-n', name, '-D', dir, '-r', ...this.verboseFlag()];
+    const outputFile = join(this.containerDir(name), 'lxc-checkpoint-restore.out');
+    const started = performance.now();
+    const failure = async (err: unknown): Promise<RestoreError> =>
+      new RestoreError(await describeCriuFailure(`restore of ${name}`, join(dir, 'restore.log'), err), { cause: err });
+    let result: DetachedRunResult;
+    try {
+      const timeoutMs = this.options.checkpointTimeoutMs;
+      result = await runDetached('lxc-checkpoint', argv, { env, timeoutMs, outputFile });
+    } catch (err) {
+      throw await failure(err);
+    }
+    if (result.exitCode !== 0) {
+      throw await failure(
+        new CommandFailedError(['lxc-checkpoint', ...argv], result.exitCode, result.signal, '', result.output),
+      );
+    }
+    const restoreMs = performance.now() - started;
+    const state = await this.state(name);
+    if (state !== 'RUNNING') {
+      const output = lastLines(result.output, 5);
+      throw await failure(new Error(`lxc-checkpoint succeeded but the container is ${state}: ${output}`));
+    }
+    this.log.info('restored container', { name, imagesDir: dir, restoreMs, waitedForOldProcessesMs });
+    return { restoreMs, waitedForOldProcessesMs };
+  }
+
+  private containerDir(name: string): string {
+    return join(this.lxcpath, validateContainerName(name));
+  }
+
+  private lxc(tool: string, name: string | undefined, args: readonly string[], options: RunOptions = {}) {
+    const target = name === undefined ? [] : ['-n', validateContainerName(name)];
+    return run(tool, ['-P', this.lxcpath, ...target, ...args], {
+      timeoutMs: this.options.commandTimeoutMs,
+      missingHint: LXC_HINT,
+      ...options,
+    });
+  }
+
+  private verboseFlag(): string[] {
+    return this.options.verbose ? ['-v'] : [];
+  }
+
+  private async requireExisting(name: string): Promise<void> {
+    validateContainerName(name);
+    if (!(await this.exists(name))) throw new NotFoundError(`no container ${name} in ${this.lxcpath}`);
+  }
+
+  private async requireState(name: string, wanted: ContainerState, operation: string): Promise<void> {
+    const state = await this.state(name);
+    if (state !== wanted) {
+      throw new FailedPreconditionError(`cannot ${operation} container ${name}: it is ${state}, not ${wanted}`);
+    }
+  }
+
+  /**
+   * Checks lxc-checkpoint and criu once per runtime (retried after a failure) and writes what lxc-checkpoint
+   * needs. LXC 5.0 finds criu only by looking up `criu` on PATH (no config key), so a directory holding a
+   * `criu` link to our binary goes first on PATH; CRIU reads its extra options from CRIU_CONFIG_FILE.
+   */
+  private prepareCriu(): Promise<NodeJS.ProcessEnv> {
+    this.criuEnvironment ??= this.writeCriuEnvironment().catch((err: unknown) => {
+      this.criuEnvironment = undefined;
+      throw err;
+    });
+    return this.criuEnvironment;
+  }
+
+  private async writeCriuEnvironment(): Promise<NodeJS.ProcessEnv> {
+    if (!findOnPath('lxc-checkpoint')) throw new ToolMissingError('lxc-checkpoint', LXC_HINT);
+    const criuPath = this.options.criuPath ?? resolveCriuPath();
+    const problem = await checkCriu(criuPath);
+    if (problem) throw problem;
+    const binDir = join(this.runtimeDir, 'bin');
+    const configFile = join(this.runtimeDir, 'criu.conf');
+    await mkdir(binDir, { recursive: true });
+    await replaceAtomically(join(binDir, 'criu'), (temporary) => symlink(criuPath, temporary));
+    await replaceAtomically(configFile, (temporary) => writeFile(temporary, CRIU_CONFIG));
+    return { PATH: `${binDir}${delimiter}${process.env.PATH ?? ''}`, CRIU_CONFIG_FILE: configFile };
+  }
+
+  /** The container's monitor, its init and init's descendants, as the host sees them. */
+  private async containerProcesses(name: string): Promise<ProcessIdentity[]> {
+    const { stdout } = await this.lxc('lxc-info', name, ['-p', '-H']);
+    const initPid = Number(stdout.trim());
+    if (!Number.isInteger(initPid) || initPid <= 0) return [];
+    const tree = await processTree(initPid);
+    const monitor = tree[0] ? await readProcessStat(tree[0].parentPid) : undefined;
+    return (monitor ? [monitor, ...tree] : tree).map(({ pid, startTime }) => ({ pid, startTime }));
+  }
+
+  /**
+   * Waits until the processes dumped into `imagesDir` are gone from this machine, zombies included (the host's
+   * PID 1 may reap a stopped container's monitor only after a second or two): restoring before that can fail
+   * with "Can't fork for N: File exists". Images from another machine need no wait. On timeout it warns and
+   * lets the restore try. Returns the time waited.
+   */
+  private async waitForDumpedProcesses(name: string, imagesDir: string): Promise<number> {
+    const dumped = await readDumpedProcesses(imagesDir);
+    if (!dumped || dumped.bootId !== (await machineBootId())) return 0;
+    const started = performance.now();
+    const deadline = started + this.options.oldProcessesTimeoutMs;
+    let remaining = dumped.processes;
+    for (;;) {
+      const alive = await Promise.all(remaining.map(isStillPresent));
+      remaining = remaining.filter((_, i) => alive[i]);
+      if (remaining.length === 0) break;
+      if (performance.now() > deadline) {
+        this.log.warn('processes of the dumped container are still there; restoring anyway', {
+          name,
+          pids: remaining.map((p) => p.pid),
+        });
+        break;
+      }
+      await new Promise((wake) => setTimeout(wake, 25));
+    }
+    return performance.now() - started;
+  }
+}

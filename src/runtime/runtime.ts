@@ -1,0 +1,91 @@
+/**
+ * The container runtime the core depends on. The core never shells out: it asks a runtime to list, start,
+ * stop, checkpoint and restore containers, and a driver (src/runtime/lxc.ts) does it with the real tools.
+ */
+
+/** The lifecycle states LXC reports (`lxc-info -s`). Any other state is an error, never guessed. */
+export const CONTAINER_STATES = [
+  'STOPPED',
+  'STARTING',
+  'RUNNING',
+  'STOPPING',
+  'ABORTING',
+  'FREEZING',
+  'FROZEN',
+  'THAWED',
+] as const;
+
+export type ContainerState = (typeof CONTAINER_STATES)[number];
+
+export function isContainerState(value: string): value is ContainerState {
+  return (CONTAINER_STATES as readonly string[]).includes(value);
+}
+
+export interface StopOptions {
+  /** Kill the container's processes at once instead of asking its init to shut down. Default false. */
+  kill?: boolean;
+  /** For a clean stop: how long init gets before it is killed anyway. Default 30 s. */
+  timeoutMs?: number;
+}
+
+export interface CheckpointOptions {
+  /**
+   * true: the container is stopped once its state is dumped (migration, or a snapshot taken before moving it).
+   * false: it keeps running after a short freeze (a periodic snapshot).
+   */
+  stop: boolean;
+}
+
+export interface CheckpointResult {
+  /** Absolute path of the directory holding the CRIU images (and CRIU's dump.log). */
+  imagesDir: string;
+  /** Wall time of the dump itself: from freezing the container to all images written, in ms. */
+  dumpMs: number;
+  /** Total size of the files CRIU wrote, logs excluded, in bytes. */
+  imageBytes: number;
+}
+
+export interface RestoreResult {
+  /** Wall time from starting the restore to the container running again, in ms. */
+  restoreMs: number;
+  /**
+   * Time waited before the restore for the processes of the dumped container to leave this machine's process
+   * table (only when the images were dumped on this machine and those processes still lingered), in ms.
+   */
+  waitedForOldProcessesMs: number;
+}
+
+/**
+ * One host's containers. Names are validated by the runtime (an invalid one throws InvalidArgumentError);
+ * a container that does not exist throws NotFoundError; an operation the container's state does not allow
+ * throws FailedPreconditionError, checked before anything is changed.
+ */
+export interface ContainerRuntime {
+  /** Names of all containers defined on this host, sorted. */
+  list(): Promise<string[]>;
+  /** Whether a container of this name is defined on this host. */
+  exists(name: string): Promise<boolean>;
+  /** The container's current state. */
+  state(name: string): Promise<ContainerState>;
+  /** Starts a stopped container; resolves once it is RUNNING. */
+  start(name: string): Promise<void>;
+  /** Stops a container; resolves at once if it is already stopped. */
+  stop(name: string, options?: StopOptions): Promise<void>;
+  /** Deletes a stopped container: its config and rootfs. */
+  destroy(name: string): Promise<void>;
+  /**
+   * Dumps a RUNNING container's processes into `imagesDir` (created if missing; must be empty) with CRIU.
+   * Throws CheckpointError carrying CRIU's own error lines when the dump fails; the container then keeps
+   * running.
+   */
+  checkpoint(name: string, imagesDir: string, options: CheckpointOptions): Promise<CheckpointResult>;
+  /**
+   * Restores a STOPPED container from the images of {@link checkpoint}, possibly taken on another host (the
+   * container's config and rootfs must be in place first). Throws RestoreError carrying CRIU's error lines.
+   */
+  restore(name: string, imagesDir: string): Promise<RestoreResult>;
+  /** The container's configuration file, part of every snapshot. */
+  configPath(name: string): string;
+  /** The container's root filesystem directory, as its configuration names it; part of every snapshot. */
+  rootfsPath(name: string): Promise<string>;
+}

@@ -1,0 +1,145 @@
+/**
+ * Checkpoint/restore of a real LXC container through the LXC driver, on two simulated hosts (two lxcpaths on
+ * this machine). Needs root, lxc, busybox-static and a working criu (scripts/setup-criu.sh).
+ */
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorMessage, FailedPreconditionError, InvalidArgumentError, RestoreError } from '../../src/util/errors.ts';
+import { resolveCriuPath } from '../../src/runtime/criu.ts';
+import type { LxcRuntime } from '../../src/runtime/lxc.ts';
+import {
+  cleanupLxcHosts,
+  copyContainer,
+  createCounterContainer,
+  createLxcHost,
+  destroyHost,
+  dirtyMemory,
+  readCounter,
+  runningLxcMonitors,
+  runtimeFor,
+  startContainer,
+  waitForCounterAbove,
+  waitRunning,
+  type LxcHost,
+} from '../../testcontainers/lxc.ts';
+
+const TESTBED_ROOT = '/var/tmp/lxcr-testbed-lxc-test';
+const COUNTER = 'counter';
+const MEMORY = 'memory64';
+const MEMORY_MIB = 64;
+
+describe('LXC checkpoint/restore', () => {
+  let runDir: string;
+  let imagesRoot: string;
+  const hosts: LxcHost[] = [];
+  let host1: LxcHost;
+  let host2: LxcHost;
+  let runtime1: LxcRuntime;
+  let runtime2: LxcRuntime;
+
+  beforeAll(async () => {
+    await cleanupLxcHosts(TESTBED_ROOT);
+    await mkdir(TESTBED_ROOT, { recursive: true });
+    runDir = await mkdtemp(join(TESTBED_ROOT, 'run-'));
+    imagesRoot = join(runDir, 'images');
+    host1 = await createLxcHost('host1', join(runDir, 'hosts/host1/lxc'));
+    host2 = await createLxcHost('host2', join(runDir, 'hosts/host2/lxc'));
+    hosts.push(host1, host2);
+    const criuPath = resolveCriuPath();
+    runtime1 = runtimeFor(host1, { criuPath });
+    runtime2 = runtimeFor(host2, { criuPath });
+
+    await createCounterContainer(host1, COUNTER);
+    await startContainer(host1, COUNTER);
+    await waitRunning(host1, COUNTER);
+  }, 60_000);
+
+  afterAll(async () => {
+    const failures: string[] = [];
+    for (const host of hosts) await destroyHost(host).catch((err: unknown) => failures.push(errorMessage(err)));
+    // Checked from /proc, independently of LXC: no container of this run may survive it.
+    const survivors = runDir ? await runningLxcMonitors(runDir) : [];
+    const clean = failures.length === 0 && survivors.length === 0;
+    if (runDir && clean) await rm(runDir, { recursive: true, force: true });
+    expect(failures).toEqual([]);
+    expect(survivors).toEqual([]);
+  }, 60_000);
+
+  it('dumps a running container, stops it, and restores it with its memory', async () => {
+    await waitForCounterAbove(host1, COUNTER, 15);
+    const dump = await runtime1.checkpoint(COUNTER, join(imagesRoot, 'dump1'), { stop: true });
+    const atDump = await readCounter(host1, COUNTER);
+    expect(await runtime1.state(COUNTER)).toBe('STOPPED');
+    expect(dump.imageBytes).toBeGreaterThan(0);
+
+    await new Promise((wait) => setTimeout(wait, 500));
+    expect(await readCounter(host1, COUNTER)).toBe(atDump);
+
+    await runtime1.restore(COUNTER, join(imagesRoot, 'dump1'));
+    expect(await runtime1.state(COUNTER)).toBe('RUNNING');
+    // A cold start would count from 1 again; the restored process goes on from where it was frozen.
+    expect(await readCounter(host1, COUNTER)).toBeGreaterThanOrEqual(atDump);
+    expect(await waitForCounterAbove(host1, COUNTER, atDump + 3)).toBeGreaterThan(atDump + 3);
+  }, 60_000);
+
+  it("restores into a copy of the container under another host's lxcpath", async () => {
+    const dump = await runtime1.checkpoint(COUNTER, join(imagesRoot, 'dump2'), { stop: true });
+    const atDump = await readCounter(host1, COUNTER);
+    await copyContainer(host1, host2, COUNTER);
+    expect(await runtime2.rootfsPath(COUNTER)).toBe(join(host2.lxcpath, COUNTER, 'rootfs'));
+
+    await runtime2.restore(COUNTER, dump.imagesDir);
+    expect(await runtime2.state(COUNTER)).toBe('RUNNING');
+    expect(await runtime1.state(COUNTER)).toBe('STOPPED');
+    expect(await readCounter(host2, COUNTER)).toBeGreaterThanOrEqual(atDump);
+    expect(await waitForCounterAbove(host2, COUNTER, atDump + 3)).toBeGreaterThan(atDump + 3);
+    expect(await readCounter(host1, COUNTER)).toBe(atDump);
+  }, 60_000);
+
+  it('refuses to checkpoint a stopped container (images directory untouched) or restore a running one', async () => {
+    expect(await runtime1.state(COUNTER)).toBe('STOPPED');
+    await expect(runtime1.checkpoint(COUNTER, join(imagesRoot, 'refused'), { stop: true })).rejects.toBeInstanceOf(
+      FailedPreconditionError,
+    );
+    await expect(stat(join(imagesRoot, 'refused'))).rejects.toThrow(/ENOENT/);
+    await expect(runtime2.restore(COUNTER, join(imagesRoot, 'dump2'))).rejects.toBeInstanceOf(FailedPreconditionError);
+  });
+
+  it("fails a restore into a mismatched rootfs with CRIU's errors; the container stays stopped", async () => {
+    const host3 = await createLxcHost('host3', join(runDir, 'hosts/host3/lxc'));
+    hosts.push(host3);
+    await copyContainer(host1, host3, COUNTER);
+    await rm(join(host3.lxcpath, COUNTER, 'rootfs/bin/lxcr-counter'));
+    const runtime3 = runtimeFor(host3);
+
+    const failure = runtime3.restore(COUNTER, join(imagesRoot, 'dump2'));
+    await expect(failure).rejects.toBeInstanceOf(RestoreError);
+    await expect(failure).rejects.toThrow(/Can't open file bin\/lxcr-counter/);
+    expect(await runtime3.state(COUNTER)).toBe('STOPPED');
+  }, 60_000);
+
+  it.each(['', '.', '..', '../escape', 'a/b', '-n', 'tab\there', 'new\nline', 'x'.repeat(65), 'sp ace'])(
+    'rejects the container name %j',
+    async (name) => {
+      await expect(runtime1.checkpoint(name, join(imagesRoot, 'invalid'), { stop: false })).rejects.toBeInstanceOf(
+        InvalidArgumentError,
+      );
+      await expect(runtime1.state(name)).rejects.toBeInstanceOf(InvalidArgumentError);
+    },
+  );
+
+  it(`checkpoints and restores a container holding ${MEMORY_MIB} MiB, whose memory can then change`, async () => {
+    await createCounterContainer(host1, MEMORY, { memoryMiB: MEMORY_MIB });
+    await startContainer(host1, MEMORY);
+    await waitRunning(host1, MEMORY);
+
+    const dump = await runtime1.checkpoint(MEMORY, join(imagesRoot, 'memory'), { stop: true });
+    expect(dump.imageBytes).toBeGreaterThan(MEMORY_MIB * 1024 * 1024);
+    const atDump = await readCounter(host1, MEMORY);
+
+    await runtime1.restore(MEMORY, dump.imagesDir);
+    expect(await waitForCounterAbove(host1, MEMORY, atDump)).toBeGreaterThan(atDump);
+    await dirtyMemory(host1, MEMORY, 16);
+  }, 120_000);
+});
