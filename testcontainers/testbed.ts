@@ -1,8 +1,9 @@
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestbedError, errorMessage } from '../src/util/errors.ts';
 import { createLogger, type Logger } from '../src/util/log.ts';
 import { CassandraRing, type CassandraNode } from './cassandra.ts';
+import { cleanupLxcHosts } from './lxc.ts';
 import { claimRunDir, listRunDirs, ownerAlive, readOwner, removeRunDir } from './owner.ts';
 import { isOurs, killAndWait } from './processes.ts';
 
@@ -62,16 +63,6 @@ function subnetFrom(value: number | undefined): number {
     throw new TestbedError(`testbed subnet must be an integer 0..255 (the S of 127.0.S.i), got ${String(value ?? process.env.LXCR_TESTBED_SUBNET)}`);
   }
   return subnet;
-}
-
-/**
- * Host containers are torn down by whoever owns the container side; it registers here so that leftover
- * cleanup (which only knows a run directory) can stop a crashed run's containers too.
- */
-export type HostCleanup = (host: SimulatedHost) => Promise<void>;
-let hostCleanup: HostCleanup | undefined;
-export function registerHostCleanup(cleanup: HostCleanup): void {
-  hostCleanup = cleanup;
 }
 
 export class Testbed {
@@ -146,6 +137,7 @@ export class Testbed {
     claimRunDir(runDir);
     writeFileSync(join(runDir, DESCRIPTOR_FILE), JSON.stringify(descriptor, null, 2));
     const testbed = new Testbed(runDir, descriptor, logger, options.readyTimeoutMs ?? 120_000, true);
+    for (const host of testbed.hosts) mkdirSync(host.lxcpath, { recursive: true });
     const started = Date.now();
     try {
       await testbed.ring.start();
@@ -176,13 +168,11 @@ export class Testbed {
 async function teardownRunDir(runDir: string, logger: Logger): Promise<void> {
   const problems: string[] = [];
   const hostsDir = join(runDir, 'hosts');
-  if (hostCleanup && existsSync(hostsDir)) {
-    for (const entry of readdirSync(hostsDir)) {
-      try {
-        await hostCleanup({ hostId: entry, address: '', lxcpath: join(hostsDir, entry, 'lxc') });
-      } catch (err) {
-        problems.push(`containers of ${entry}: ${errorMessage(err)}`);
-      }
+  if (existsSync(hostsDir)) {
+    try {
+      await cleanupLxcHosts(hostsDir);
+    } catch (err) {
+      problems.push(errorMessage(err));
     }
   }
   const cassandraDir = join(runDir, 'cassandra');

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { CommandFailedError, TimeoutError, ToolMissingError } from './errors.ts';
 
 export interface RunOptions {
-  /** Kill the process (SIGKILL) and throw a TimeoutError after this many milliseconds. Default 60 s. */
+  /** Kill the process and its process group (SIGKILL) and throw a TimeoutError after this many ms. Default 60 s. */
   timeoutMs?: number;
   /** Extra environment variables, merged over the current environment. */
   env?: NodeJS.ProcessEnv;
@@ -35,6 +35,8 @@ export function run(program: string, args: readonly string[], options: RunOption
     const child = spawn(program, args, {
       cwd: options.cwd,
       env: options.env ? { ...process.env, ...options.env } : process.env,
+      // Its own process group, so a timeout can kill what it started too (lxc-checkpoint leaves criu behind).
+      detached: true,
       // stdout and stderr are always pipes, so child.stdout/stderr below are never null.
       stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
@@ -50,7 +52,11 @@ export function run(program: string, args: readonly string[], options: RunOption
     if (options.input !== undefined) child.stdin?.end(options.input);
     const timer = setTimeout(() => {
       timedOut = true;
-      child.kill('SIGKILL');
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        child.kill('SIGKILL');
+      }
     }, timeoutMs);
     child.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
