@@ -45,10 +45,13 @@ else
 fi
 
 # npm packages, exactly as package-lock.json pins them; reinstalled only when the lock file changed.
+# Not `npm ci`: npm 11 leaves other platforms' optional binaries (rollup, esbuild, ...) out of the lock file it
+# writes and then refuses that same lock file in `npm ci`. `npm install --no-save` installs the locked
+# versions and never rewrites the lock file.
 stamp=$repo/node_modules/.package-lock.json
 if [ ! -f "$stamp" ] || [ "$repo/package-lock.json" -nt "$stamp" ]; then
-  say "installing npm packages (npm ci)"
-  (cd "$repo" && npm ci --no-audit --no-fund >&2) || die "npm ci failed (see above); rerun: $rerun"
+  say "installing npm packages as package-lock.json pins them"
+  (cd "$repo" && npm install --no-save --no-audit --no-fund >&2) || die "npm install failed (see above); rerun: $rerun"
 else
   say "npm packages present"
 fi
