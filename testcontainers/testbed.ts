@@ -2,7 +2,8 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 
 import { join } from 'node:path';
 import { TestbedError, errorMessage } from '../src/util/errors.ts';
 import { createLogger, type Logger } from '../src/util/log.ts';
-import { CassandraRing, type CassandraNode } from './cassandra.ts';
+import { DockerCassandraRing } from './cassandra-docker.ts';
+import { LocalCassandraRing, type CassandraNode, type CassandraRing } from './cassandra.ts';
 import { cleanupLxcHosts } from './lxc.ts';
 import { claimRunDir, listRunDirs, ownerAlive, readOwner, removeRunDir } from './owner.ts';
 import { isOurs, killAndWait } from './processes.ts';
@@ -40,8 +41,18 @@ export interface SimulatedHost {
   lxcpath: string;
 }
 
+/** What runs the Cassandra nodes: JVMs on this machine (default), or Docker containers of Cassandra 4.1. */
+export type CassandraBackend = 'local' | 'docker';
+
+export function backendFromEnv(value = process.env.LXCR_CASSANDRA): CassandraBackend {
+  if (value === undefined || value === '' || value === 'local') return 'local';
+  if (value === 'docker') return 'docker';
+  throw new TestbedError(`LXCR_CASSANDRA must be "local" (the default) or "docker", not "${value}"`);
+}
+
 interface Descriptor {
   name: string;
+  backend: CassandraBackend;
   hosts: number;
   subnet: number;
   heapMiB: number;
@@ -77,7 +88,8 @@ export class Testbed {
     ownsLifetime: boolean,
   ) {
     const prefix = `127.0.${descriptor.subnet}.`;
-    this.ring = new CassandraRing({
+    const Ring = descriptor.backend === 'docker' ? DockerCassandraRing : LocalCassandraRing;
+    this.ring = new Ring({
       dir: join(runDir, 'cassandra'),
       nodeCount: descriptor.hosts,
       addressPrefix: prefix,
@@ -121,6 +133,7 @@ export class Testbed {
     const logger = options.logger ?? createLogger('testbed');
     const descriptor: Descriptor = {
       name: options.name ?? 'default',
+      backend: backendFromEnv(),
       hosts: options.hosts ?? 3,
       subnet: subnetFrom(options.subnet),
       heapMiB: options.heapMiB ?? 512,
@@ -160,6 +173,7 @@ export class Testbed {
 
   /** Stops every container and JVM of this testbed by PID and removes its run directory. */
   async teardown(): Promise<void> {
+    if (this.descriptor.backend === 'docker') await this.ring.stopAll();
     await teardownRunDir(this.runDir, this.logger);
   }
 }

@@ -2,7 +2,8 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type cassandra from 'cassandra-driver';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
+import { clientFor, localRing, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 let client: cassandra.Client;
@@ -26,7 +27,7 @@ describe('the Cassandra side of the testbed', () => {
   });
 
   it('runs one JVM per host, each on its own loopback address', () => {
-    const pids = testbed.ring.livePids();
+    const pids = localRing(testbed).livePids();
     expect(pids.map(([index]) => index)).toEqual([1, 2, 3]);
     expect(new Set(pids.map(([, pid]) => pid)).size).toBe(3);
     expect(testbed.contactPoints).toEqual(['127.0.10.1', '127.0.10.2', '127.0.10.3']);
@@ -59,10 +60,11 @@ describe('the Cassandra side of the testbed', () => {
       prepare: true,
       consistency: 2,
     });
-    const replicas = await testbed.ring.endpoints('testbed_rf2', 'single', 'only');
+    const ring = localRing(testbed);
+    const replicas = await ring.endpoints('testbed_rf2', 'single', 'only');
     const holders: string[] = [];
-    for (const node of testbed.ring.nodes) {
-      await testbed.ring.nodetool(node.index, ['flush', 'testbed_rf2', 'single']);
+    for (const node of ring.nodes) {
+      await ring.nodetool(node.index, ['flush', 'testbed_rf2', 'single']);
       const tableDirs = readdirSync(join(node.dir, 'data', 'testbed_rf2')).filter((d) => d.startsWith('single-'));
       const sstables = tableDirs.flatMap((d) => readdirSync(join(node.dir, 'data', 'testbed_rf2', d))).filter((f) => f.endsWith('-Data.db'));
       if (sstables.length > 0) holders.push(node.address);
@@ -75,7 +77,7 @@ describe('the Cassandra side of the testbed', () => {
     const victim = 3;
     const address = testbed.ring.node(victim).address;
     await testbed.ring.kill(victim);
-    expect(testbed.ring.pid(victim)).toBeUndefined();
+    if (testbed.ring instanceof LocalCassandraRing) expect(testbed.ring.pid(victim)).toBeUndefined();
     // Each survivor's failure detector convicts on its own clock, so wait for both.
     for (const observer of [1, 2]) await testbed.ring.waitStatus(victim, 'D', 60_000, observer);
     const fromTwo = await testbed.ring.ringView(2);
@@ -94,11 +96,11 @@ describe('the Cassandra side of the testbed', () => {
 
   it('shows a frozen (SIGSTOPped) node DN, and UN again once thawed', async () => {
     const victim = 2;
-    testbed.ring.freeze(victim);
+    await testbed.ring.freeze(victim);
     try {
       await testbed.ring.waitStatus(victim, 'D', 60_000, 1);
     } finally {
-      testbed.ring.thaw(victim);
+      await testbed.ring.thaw(victim);
     }
     await testbed.ring.waitStatus(victim, 'U', 60_000, 1);
   });

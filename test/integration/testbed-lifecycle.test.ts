@@ -7,6 +7,7 @@ import { ToolMissingError, TestbedError } from '../../src/util/errors.ts';
 import { checkJava } from '../../testcontainers/cassandra.ts';
 import { isOurs } from '../../testcontainers/processes.ts';
 import { Testbed, testbedRoot } from '../../testcontainers/testbed.ts';
+import { localRing } from '../support/testbed.ts';
 
 // These tests start their own one-host testbeds on subnets the shared testbed does not use.
 const started: Testbed[] = [];
@@ -21,7 +22,7 @@ function pidAlive(pid: number): boolean {
 describe('testbed lifecycle', () => {
   it('tears down every JVM it started and removes its run directory', async () => {
     const testbed = await Testbed.start({ name: 'lifecycle', subnet: 11, hosts: 1, heapMiB: 256 });
-    const pids = testbed.ring.livePids().map(([, pid]) => pid);
+    const pids = localRing(testbed).livePids().map(([, pid]) => pid);
     expect(pids).toHaveLength(1);
     expect(pidAlive(pids[0]!)).toBe(true);
     await testbed.teardown();
@@ -49,7 +50,7 @@ describe('testbed lifecycle', () => {
     const testbed = await Testbed.start({ name: 'leftover', subnet: 12, hosts: 1, heapMiB: 256 });
     started.push(testbed);
     expect(pidAlive(leftoverPid)).toBe(false);
-    const fresh = testbed.ring.livePids().map(([, pid]) => pid);
+    const fresh = localRing(testbed).livePids().map(([, pid]) => pid);
     expect(fresh).toHaveLength(1);
     expect(fresh[0]).not.toBe(leftoverPid);
   });

@@ -1,5 +1,5 @@
 import cassandra from 'cassandra-driver';
-import { CQL_PORT, LOCAL_DATACENTER } from '../../testcontainers/cassandra.ts';
+import { CQL_PORT, LOCAL_DATACENTER, LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
 /** The one testbed all integration tests share (started by global-setup.ts). */
@@ -16,4 +16,12 @@ export function clientFor(testbed: Testbed): cassandra.Client {
     protocolOptions: { port: CQL_PORT, maxVersion: 3 },
     socketOptions: { connectTimeout: 5000, readTimeout: 20_000 },
   });
+}
+
+/** The ring's JVMs and data directories, for tests that inspect them (local backend only). */
+export function localRing(testbed: Testbed): LocalCassandraRing {
+  if (!(testbed.ring instanceof LocalCassandraRing)) {
+    throw new Error('this test inspects local JVMs and data directories: run it without LXCR_CASSANDRA=docker');
+  }
+  return testbed.ring;
 }
