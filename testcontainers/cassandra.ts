@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
 import { parseEndpoints, parseNodetoolStatus } from '../src/cluster/nodetool.ts';
 import { isUp, type RingView } from '../src/cluster/ring.ts';
-import { TestbedError, ToolMissingError, errorMessage, lastLines } from '../src/util/errors.ts';
+import { LxcrError, TestbedError, ToolMissingError, errorMessage, lastLines } from '../src/util/errors.ts';
 import { run } from '../src/util/exec.ts';
 import type { Logger } from '../src/util/log.ts';
 import { isOurs, killAndWait, killOnExit, processState, signalIfOurs } from './processes.ts';
@@ -177,9 +177,9 @@ export abstract class CassandraRing {
   abstract start(): Promise<void>;
   /** Stops every node of the ring for good. */
   abstract stopAll(): Promise<void>;
-  /** Kills a node at once, as a host crash would (SIGKILL). */
+  /** Kills a node at once, as a host crash would (SIGKILL; a no-op if it is not running). */
   abstract kill(index: number): Promise<void>;
-  /** Hangs a node (SIGSTOP): the driver never notices, only gossip does. */
+  /** Hangs a node (SIGSTOP, or docker pause): the driver never notices, only gossip does. */
   abstract freeze(index: number): Promise<void>;
   abstract thaw(index: number): Promise<void>;
   /** Runs nodetool against one node. */
@@ -354,7 +354,6 @@ export abstract class CassandraRing {
       return false;
     }
   }
-
 }
 
 /**
@@ -399,10 +398,8 @@ export class LocalCassandraRing extends CassandraRing {
     } catch (err) {
       const logs = await this.logTails();
       await this.stopAll();
-      if (err instanceof TestbedError || err instanceof ToolMissingError) {
-        throw new TestbedError(`${err.message}\n${logs}`, { cause: err });
-      }
-      throw new TestbedError(`the Cassandra ring did not start: ${errorMessage(err)}\n${logs}`, { cause: err });
+      const reason = err instanceof LxcrError ? err.message : `the Cassandra ring did not start: ${errorMessage(err)}`;
+      throw new TestbedError(`${reason}\n${logs}`, { cause: err });
     }
   }
 
