@@ -1,9 +1,7 @@
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type cassandra from 'cassandra-driver';
 import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
-import { clientFor, localRing, sharedTestbed } from '../support/testbed.ts';
+import { clientFor, localRing, nodesHoldingTable, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 let client: cassandra.Client;
@@ -60,15 +58,8 @@ describe('the Cassandra side of the testbed', () => {
       prepare: true,
       consistency: 2,
     });
-    const ring = localRing(testbed);
-    const replicas = await ring.endpoints('testbed_rf2', 'single', 'only');
-    const holders: string[] = [];
-    for (const node of ring.nodes) {
-      await ring.nodetool(node.index, ['flush', 'testbed_rf2', 'single']);
-      const tableDirs = readdirSync(join(node.dir, 'data', 'testbed_rf2')).filter((d) => d.startsWith('single-'));
-      const sstables = tableDirs.flatMap((d) => readdirSync(join(node.dir, 'data', 'testbed_rf2', d))).filter((f) => f.endsWith('-Data.db'));
-      if (sstables.length > 0) holders.push(node.address);
-    }
+    const replicas = await testbed.ring.endpoints('testbed_rf2', 'single', 'only');
+    const holders = await nodesHoldingTable(testbed, 'testbed_rf2', 'single');
     expect(holders).toHaveLength(2);
     expect([...holders].sort()).toEqual([...replicas].sort());
   });

@@ -1,0 +1,66 @@
+import { InvalidArgumentError } from '../util/errors.ts';
+
+/**
+ * The snapshot keyspace. Replication factor 2 (LXCloud-CR's setting): every chunk and manifest lives on the two
+ * replica hosts of its container's home range (see placement.ts). SimpleStrategy for one data center;
+ * NetworkTopologyStrategy with a factor per data center for several.
+ *
+ * Every statement here runs unchanged on Cassandra 2.1 (the local testbed) and 4.1/5.0 (real testbeds).
+ */
+
+export type Replication =
+  | { class: 'SimpleStrategy'; replicationFactor: number }
+  | { class: 'NetworkTopologyStrategy'; dataCenters: Readonly<Record<string, number>> };
+
+export const DEFAULT_KEYSPACE = 'lxcr_snapshots';
+export const DEFAULT_REPLICATION: Replication = { class: 'SimpleStrategy', replicationFactor: 2 };
+
+const IDENTIFIER = /^[a-z][a-z0-9_]{0,47}$/;
+
+function replicationMap(replication: Replication): string {
+  if (replication.class === 'SimpleStrategy') {
+    checkFactor('replicationFactor', replication.replicationFactor);
+    return `{'class': 'SimpleStrategy', 'replication_factor': ${replication.replicationFactor}}`;
+  }
+  const entries = Object.entries(replication.dataCenters);
+  if (entries.length === 0) throw new InvalidArgumentError('NetworkTopologyStrategy needs at least one data center');
+  const parts = entries.map(([dc, factor]) => {
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(dc)) throw new InvalidArgumentError(`data center name "${dc}" is not valid`);
+    checkFactor(`dataCenters.${dc}`, factor);
+    return `'${dc}': ${factor}`;
+  });
+  return `{'class': 'NetworkTopologyStrategy', ${parts.join(', ')}}`;
+}
+
+function checkFactor(key: string, factor: number): void {
+  if (!Number.isInteger(factor) || factor < 1 || factor > 9) {
+    throw new InvalidArgumentError(`${key} must be an integer from 1 to 9, got ${factor}`);
+  }
+}
+
+/** The DDL that creates the snapshot keyspace and its tables; idempotent (IF NOT EXISTS everywhere). */
+export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replication = DEFAULT_REPLICATION): string[] {
+  if (!IDENTIFIER.test(keyspace)) {
+    throw new InvalidArgumentError(`keyspace "${keyspace}" must be lowercase letters, digits and _ (max 48), starting with a letter`);
+  }
+  return [
+    `CREATE KEYSPACE IF NOT EXISTS ${keyspace} WITH replication = ${replicationMap(replication)}`,
+    // Home partition: one row per version, newest first. A version is visible (restorable) only once its
+    // state is 'committed', written after all its chunks.
+    `CREATE TABLE IF NOT EXISTS ${keyspace}.manifests (
+      container text, version bigint, state text, manifest blob, source_host text,
+      created_at timestamp, committed_at timestamp,
+      PRIMARY KEY (container, version)
+    ) WITH CLUSTERING ORDER BY (version DESC)`,
+    // Home partition: which chunks a container has and where, so an unchanged chunk is never uploaded twice.
+    `CREATE TABLE IF NOT EXISTS ${keyspace}.chunk_index (
+      container text, hash blob, bucket int, raw_size int, stored_size int, codec text, created_at timestamp,
+      PRIMARY KEY (container, hash)
+    )`,
+    // Bucket partitions, co-located with the home partition, each kept to a bounded size.
+    `CREATE TABLE IF NOT EXISTS ${keyspace}.chunks (
+      container text, bucket int, hash blob, data blob,
+      PRIMARY KEY ((container, bucket), hash)
+    )`,
+  ];
+}
