@@ -46,9 +46,10 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
   return [
     `CREATE KEYSPACE IF NOT EXISTS ${keyspace} WITH replication = ${replicationMap(replication)}`,
     // Home partition: one row per version, newest first. A version is visible (restorable) only once its
-    // state is 'committed', written after all its chunks.
+    // state is 'committed', written after all its chunks. next_version (static: one per container, kept when
+    // versions are deleted) is advanced by a lightweight transaction, so no version number is ever reused.
     `CREATE TABLE IF NOT EXISTS ${keyspace}.manifests (
-      container text, version bigint, state text, manifest blob, source_host text,
+      container text, version bigint, next_version bigint static, state text, manifest blob, source_host text,
       created_at timestamp, committed_at timestamp,
       PRIMARY KEY (container, version)
     ) WITH CLUSTERING ORDER BY (version DESC)`,

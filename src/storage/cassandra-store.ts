@@ -1,0 +1,216 @@
+import cassandra from 'cassandra-driver';
+import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
+import { colocatedBuckets, homeRoutingKey } from './placement.ts';
+import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
+import type { ChunkLocation, SnapshotStore, VersionRecord, VersionState } from './store.ts';
+
+const { consistencies } = cassandra.types;
+
+/**
+ * Consistency: with replication factor 2, every write is at TWO, so a call that returns means both replica
+ * hosts have the data; a version committed after its chunks therefore has every chunk on 2 replicas. With one
+ * replica down, writes fail (the checkpoint fails and is retried on the next period; earlier versions stay
+ * untouched) rather than silently leaving a single copy. Reads are at ONE: chunks are immutable and verified
+ * by hash, and a restore must work when only one replica host is alive. Version numbers are allocated with a
+ * lightweight transaction on a static column of the home partition, so they are never reused, also after GC
+ * deletes versions; that needs both replicas up (Paxos majority of 2).
+ */
+export interface CassandraStoreOptions {
+  client: cassandra.Client;
+  keyspace?: string;
+  replication?: Replication;
+}
+
+const WRITE = { prepare: true, consistency: consistencies.two };
+const READ = { prepare: true, consistency: consistencies.one };
+const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: consistencies.serial };
+
+/** How many times a version allocation retries after losing a race to another writer. */
+const MAX_ALLOCATION_ATTEMPTS = 10;
+
+export class CassandraSnapshotStore implements SnapshotStore {
+  private readonly client: cassandra.Client;
+  private readonly keyspace: string;
+  private readonly replication: Replication;
+
+  constructor(options: CassandraStoreOptions) {
+    this.client = options.client;
+    this.keyspace = options.keyspace ?? DEFAULT_KEYSPACE;
+    this.replication = options.replication ?? DEFAULT_REPLICATION;
+  }
+
+  async ensureSchema(): Promise<void> {
+    // The driver waits for schema agreement after each DDL statement before returning.
+    for (const statement of snapshotSchema(this.keyspace, this.replication)) await this.client.execute(statement);
+    await this.client.metadata.refreshKeyspace(this.keyspace);
+  }
+
+  replicas(container: string): string[] {
+    return this.client.getReplicas(this.keyspace, homeRoutingKey(container)).map(hostAddress);
+  }
+
+  buckets(container: string, count: number, after?: number): number[] {
+    return colocatedBuckets(this.client.metadata, container, count, after);
+  }
+
+  async beginVersion(container: string, sourceHost: string): Promise<number> {
+    for (let attempt = 0; attempt < MAX_ALLOCATION_ATTEMPTS; attempt++) {
+      const current = await this.client.execute(
+        `SELECT next_version FROM ${this.keyspace}.manifests WHERE container = ? LIMIT 1`,
+        [container],
+        { prepare: true, consistency: consistencies.serial },
+      );
+      const next = current.first()?.['next_version'] as cassandra.types.Long | null | undefined;
+      const version = next ? next.toNumber() : 1;
+      const claim = next
+        ? await this.client.execute(
+            `UPDATE ${this.keyspace}.manifests SET next_version = ? WHERE container = ? IF next_version = ?`,
+            [version + 1, container, version],
+            LWT,
+          )
+        : await this.client.execute(
+            `INSERT INTO ${this.keyspace}.manifests (container, next_version) VALUES (?, ?) IF NOT EXISTS`,
+            [container, version + 1],
+            LWT,
+          );
+      if (claim.first()?.['[applied]'] === true) {
+        await this.client.execute(
+          `INSERT INTO ${this.keyspace}.manifests (container, version, state, source_host, created_at) VALUES (?, ?, ?, ?, ?)`,
+          [container, version, 'uploading' satisfies VersionState, sourceHost, new Date()],
+          WRITE,
+        );
+        return version;
+      }
+    }
+    throw new UnavailableError(`could not allocate a version of ${container}: ${MAX_ALLOCATION_ATTEMPTS} races lost to other writers`);
+  }
+
+  async commitVersion(container: string, version: number, manifest: Buffer): Promise<void> {
+    const existing = await this.client.execute(
+      `SELECT state FROM ${this.keyspace}.manifests WHERE container = ? AND version = ?`,
+      [container, version],
+      READ,
+    );
+    const state = existing.first()?.['state'] as string | undefined;
+    if (state === undefined || state === null) throw new NotFoundError(`${container} has no version ${version} to commit`);
+    if (state === 'committed') throw new InvalidArgumentError(`${container} version ${version} is already committed`);
+    await this.client.execute(
+      `UPDATE ${this.keyspace}.manifests SET state = ?, manifest = ?, committed_at = ? WHERE container = ? AND version = ?`,
+      ['committed' satisfies VersionState, manifest, new Date(), container, version],
+      WRITE,
+    );
+  }
+
+  async versions(container: string): Promise<VersionRecord[]> {
+    const result = await this.client.execute(
+      `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`,
+      [container],
+      READ,
+    );
+    // Rows whose version is null are the partition's static row (only next_version), not a version.
+    return result.rows.filter((row) => row['version'] !== null).map(toVersionRecord);
+  }
+
+  async latestCommitted(container: string): Promise<VersionRecord | undefined> {
+    return (await this.versions(container)).find((v) => v.state === 'committed');
+  }
+
+  async deleteVersion(container: string, version: number): Promise<void> {
+    await this.client.execute(`DELETE FROM ${this.keyspace}.manifests WHERE container = ? AND version = ?`, [container, version], WRITE);
+  }
+
+  async chunkIndex(container: string): Promise<Map<string, ChunkLocation>> {
+    const index = new Map<string, ChunkLocation>();
+    // Paged: a large container has thousands of chunks.
+    let pageState: string | undefined;
+    do {
+      const page = await this.client.execute(
+        `SELECT hash, bucket, raw_size, stored_size, codec FROM ${this.keyspace}.chunk_index WHERE container = ?`,
+        [container],
+        { ...READ, fetchSize: 1000, pageState },
+      );
+      for (const row of page.rows) {
+        const hash = (row['hash'] as Buffer).toString('hex');
+        index.set(hash, {
+          hash,
+          bucket: row['bucket'] as number,
+          rawSize: row['raw_size'] as number,
+          storedSize: row['stored_size'] as number,
+          codec: row['codec'] as string,
+        });
+      }
+      pageState = page.pageState ?? undefined;
+    } while (pageState);
+    return index;
+  }
+
+  async putChunk(container: string, location: ChunkLocation, data: Buffer): Promise<void> {
+    if (data.length !== location.storedSize) {
+      throw new InvalidArgumentError(`chunk ${location.hash} of ${container}: ${data.length} bytes given, ${location.storedSize} declared`);
+    }
+    const hash = hashBytes(location.hash);
+    // Data first, index second: an index entry always points at data on both replicas.
+    await this.client.execute(
+      `INSERT INTO ${this.keyspace}.chunks (container, bucket, hash, data) VALUES (?, ?, ?, ?)`,
+      [container, location.bucket, hash, data],
+      WRITE,
+    );
+    await this.client.execute(
+      `INSERT INTO ${this.keyspace}.chunk_index (container, hash, bucket, raw_size, stored_size, codec, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      [container, hash, location.bucket, location.rawSize, location.storedSize, location.codec, new Date()],
+      WRITE,
+    );
+  }
+
+  async getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined> {
+    const options: cassandra.QueryOptions = { ...READ };
+    if (fromHost !== undefined) {
+      const host = this.client.hosts.values().find((h) => hostAddress(h) === fromHost);
+      if (!host) throw new NotFoundError(`no Cassandra host ${fromHost} is known to the driver`);
+      options.host = host;
+    }
+    try {
+      const result = await this.client.execute(
+        `SELECT data FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ? AND hash = ?`,
+        [container, location.bucket, hashBytes(location.hash)],
+        options,
+      );
+      return (result.first()?.['data'] as Buffer | undefined) ?? undefined;
+    } catch (err) {
+      throw new UnavailableError(`could not read chunk ${location.hash} of ${container}${fromHost ? ` from ${fromHost}` : ''}: ${errorMessage(err)}`, { cause: err });
+    }
+  }
+
+  async deleteChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void> {
+    const hash = hashBytes(location.hash);
+    // Index first: a chunk without an index entry is invisible to new uploads, which then store it again.
+    await this.client.execute(`DELETE FROM ${this.keyspace}.chunk_index WHERE container = ? AND hash = ?`, [container, hash], WRITE);
+    await this.client.execute(
+      `DELETE FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ? AND hash = ?`,
+      [container, location.bucket, hash],
+      WRITE,
+    );
+  }
+}
+
+function hostAddress(host: cassandra.Host): string {
+  return host.address.split(':')[0]!;
+}
+
+function hashBytes(hex: string): Buffer {
+  if (!/^[0-9a-f]{64}$/.test(hex)) throw new InvalidArgumentError(`chunk hash must be 64 lowercase hex digits (sha256), got "${hex}"`);
+  return Buffer.from(hex, 'hex');
+}
+
+function toVersionRecord(row: cassandra.types.Row): VersionRecord {
+  const record: VersionRecord = {
+    container: row['container'] as string,
+    version: (row['version'] as cassandra.types.Long).toNumber(),
+    state: row['state'] as VersionState,
+    sourceHost: row['source_host'] as string,
+    createdAt: row['created_at'] as Date,
+  };
+  if (row['committed_at']) record.committedAt = row['committed_at'] as Date;
+  if (row['manifest']) record.manifest = row['manifest'] as Buffer;
+  return record;
+}

@@ -1,0 +1,58 @@
+/**
+ * The snapshot store the core depends on: versions of a container's snapshots, made of content-addressed
+ * chunks. The Cassandra implementation is in cassandra-store.ts; the core never writes CQL itself.
+ */
+
+export type VersionState = 'uploading' | 'committed';
+
+export interface VersionRecord {
+  container: string;
+  version: number;
+  state: VersionState;
+  sourceHost: string;
+  createdAt: Date;
+  committedAt?: Date;
+  /** The encoded manifest; present once committed. */
+  manifest?: Buffer;
+}
+
+export interface ChunkLocation {
+  /** Hex sha256 of the chunk's raw (uncompressed) bytes. */
+  hash: string;
+  bucket: number;
+  rawSize: number;
+  storedSize: number;
+  codec: string;
+}
+
+export interface SnapshotStore {
+  /** Creates the keyspace and tables if missing. */
+  ensureSchema(): Promise<void>;
+  /** The container's replica hosts (their Cassandra addresses), in token-map order: the first live one restores. */
+  replicas(container: string): string[];
+  /**
+   * Reserves the next version number of a container and records it as uploading. Version numbers are never
+   * reused, also across hosts and after garbage collection.
+   */
+  beginVersion(container: string, sourceHost: string): Promise<number>;
+  /** Makes a version visible: called only after every chunk it references is durable. */
+  commitVersion(container: string, version: number, manifest: Buffer): Promise<void>;
+  /** All versions of a container, newest first, committed or not. */
+  versions(container: string): Promise<VersionRecord[]>;
+  /** The newest committed version, or undefined when the container has none. */
+  latestCommitted(container: string): Promise<VersionRecord | undefined>;
+  deleteVersion(container: string, version: number): Promise<void>;
+
+  /** The chunks the container already has, by hash: those are never uploaded again. */
+  chunkIndex(container: string): Promise<Map<string, ChunkLocation>>;
+  /** Buckets co-located with the container's home partition (see placement.ts), in increasing order. */
+  buckets(container: string, count: number, after?: number): number[];
+  /** Stores a chunk's (possibly compressed) bytes on both replicas, then records it in the chunk index. */
+  putChunk(container: string, location: ChunkLocation, data: Buffer): Promise<void>;
+  /**
+   * Reads a chunk's stored bytes. With `fromHost`, only that replica is asked (to re-read a copy that failed
+   * verification from the other replica).
+   */
+  getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined>;
+  deleteChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void>;
+}

@@ -1,0 +1,91 @@
+import { createHash } from 'node:crypto';
+import type cassandra from 'cassandra-driver';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
+import { clientFor, sharedTestbed } from '../support/testbed.ts';
+
+const testbed = sharedTestbed();
+let client: cassandra.Client;
+let store: CassandraSnapshotStore;
+
+beforeAll(async () => {
+  client = clientFor(testbed);
+  await client.connect();
+  store = new CassandraSnapshotStore({ client, keyspace: 'store_test' });
+  await store.ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+});
+
+afterAll(async () => {
+  await client?.shutdown();
+});
+
+function chunk(text: string) {
+  const data = Buffer.from(text.repeat(1000));
+  return { data, hash: createHash('sha256').update(data).digest('hex') };
+}
+
+describe('the Cassandra snapshot store', () => {
+  it('numbers versions per container from 1, never twice, even when hosts race', async () => {
+    expect(await store.beginVersion('alloc-a', 'host1')).toBe(1);
+    expect(await store.beginVersion('alloc-a', 'host2')).toBe(2);
+    expect(await store.beginVersion('alloc-b', 'host1')).toBe(1);
+    const raced = await Promise.all(Array.from({ length: 5 }, (_, i) => store.beginVersion('alloc-a', `host${i}`)));
+    expect([...raced].sort((x, y) => x - y)).toEqual([3, 4, 5, 6, 7]);
+  });
+
+  it('does not reuse the number of a deleted version', async () => {
+    const first = await store.beginVersion('reuse', 'host1');
+    const second = await store.beginVersion('reuse', 'host1');
+    await store.deleteVersion('reuse', second);
+    await store.deleteVersion('reuse', first);
+    expect(await store.versions('reuse')).toEqual([]);
+    expect(await store.beginVersion('reuse', 'host1')).toBe(second + 1);
+  });
+
+  it('shows a version as restorable only once committed, newest first', async () => {
+    const v1 = await store.beginVersion('commit', 'host1');
+    await store.commitVersion('commit', v1, Buffer.from('manifest-1'));
+    const v2 = await store.beginVersion('commit', 'host1');
+    const versions = await store.versions('commit');
+    expect(versions.map((v) => [v.version, v.state])).toEqual([[v2, 'uploading'], [v1, 'committed']]);
+    const latest = await store.latestCommitted('commit');
+    expect(latest?.version).toBe(v1);
+    expect(latest?.manifest).toEqual(Buffer.from('manifest-1'));
+    expect(latest?.sourceHost).toBe('host1');
+    expect(latest?.committedAt).toBeInstanceOf(Date);
+
+    await expect(store.commitVersion('commit', v1, Buffer.from('again'))).rejects.toThrow(InvalidArgumentError);
+    await expect(store.commitVersion('commit', 99, Buffer.from('x'))).rejects.toThrow(NotFoundError);
+  });
+
+  it('stores chunks in co-located buckets, indexes them, and serves them from each replica', async () => {
+    const container = 'chunks-a';
+    const [bucket] = store.buckets(container, 1);
+    const a = chunk('alpha');
+    const b = chunk('beta');
+    for (const c of [a, b]) {
+      await store.putChunk(container, { hash: c.hash, bucket: bucket!, rawSize: c.data.length, storedSize: c.data.length, codec: 'none' }, c.data);
+    }
+    const index = await store.chunkIndex(container);
+    expect([...index.keys()].sort()).toEqual([a.hash, b.hash].sort());
+    expect(index.get(a.hash)).toEqual({ hash: a.hash, bucket, rawSize: a.data.length, storedSize: a.data.length, codec: 'none' });
+
+    const replicas = store.replicas(container);
+    expect(replicas).toHaveLength(2);
+    for (const host of replicas) expect(await store.getChunk(container, { hash: a.hash, bucket: bucket! }, host)).toEqual(a.data);
+
+    await store.deleteChunk(container, { hash: a.hash, bucket: bucket! });
+    expect([...(await store.chunkIndex(container)).keys()]).toEqual([b.hash]);
+    expect(await store.getChunk(container, { hash: a.hash, bucket: bucket! })).toBeUndefined();
+  });
+
+  it('rejects a chunk whose size or hash is malformed, storing nothing', async () => {
+    const c = chunk('gamma');
+    const [bucket] = store.buckets('bad', 1);
+    await expect(store.putChunk('bad', { hash: c.hash, bucket: bucket!, rawSize: 1, storedSize: 5, codec: 'none' }, c.data)).rejects.toThrow(/bytes given, 5 declared/);
+    await expect(store.putChunk('bad', { hash: 'XYZ', bucket: bucket!, rawSize: 3, storedSize: 3, codec: 'none' }, Buffer.from('abc'))).rejects.toThrow(/64 lowercase hex/);
+    expect((await store.chunkIndex('bad')).size).toBe(0);
+  });
+});
