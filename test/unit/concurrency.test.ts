@@ -1,0 +1,39 @@
+import { describe, expect, it } from 'vitest';
+import { mapBounded } from '../../src/util/concurrency.ts';
+
+const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('mapBounded', () => {
+  it('keeps order and never runs more than the limit at once', async () => {
+    let running = 0;
+    let peak = 0;
+    const results = await mapBounded([5, 1, 4, 2, 3, 0], 2, async (n) => {
+      running++;
+      peak = Math.max(peak, running);
+      await tick(n * 3);
+      running--;
+      return n * 10;
+    });
+    expect(results).toEqual([50, 10, 40, 20, 30, 0]);
+    expect(peak).toBe(2);
+  });
+
+  it('rejects with the first failure after the running tasks settle, starting no new ones', async () => {
+    const started: number[] = [];
+    let settled = 0;
+    const error = await mapBounded([1, 2, 3, 4, 5], 2, async (n) => {
+      started.push(n);
+      await tick(5);
+      settled++;
+      if (n === 1) throw new Error('boom');
+      return n;
+    }).catch((e: unknown) => e);
+    expect((error as Error).message).toBe('boom');
+    expect(started).toEqual([1, 2]);
+    expect(settled).toBe(2);
+  });
+
+  it('refuses a limit below 1', async () => {
+    await expect(mapBounded([1], 0, async (n) => n)).rejects.toThrow(/positive integer/);
+  });
+});
