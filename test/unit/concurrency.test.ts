@@ -34,6 +34,6 @@ describe('mapBounded', () => {
   });
 
   it('refuses a limit below 1', async () => {
-    await expect(mapBounded([1], 0, async (n) => n)).rejects.toThrow(/positive integer/);
+    await expect(mapBounded([1], 0, (n) => Promise.resolve(n))).rejects.toThrow(/positive integer/);
   });
 });

@@ -1,0 +1,172 @@
+import { createCipheriv, createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import {
+  CHUNK_SIZE_LIMIT,
+  Chunker,
+  type ByteSource,
+  type ChunkerOptions,
+  GEAR_TABLE,
+  chunkStream,
+  compileChunkerOptions,
+  hashedChunks,
+} from '../../src/storage/chunker.ts';
+import { InvalidArgumentError } from '../../src/util/errors.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** Small sizes so statistical properties show on a few MiB. */
+const SMALL: ChunkerOptions = { minSize: 4 * KiB, averageSize: 16 * KiB, maxSize: 64 * KiB };
+
+/** Deterministic incompressible bytes: AES-CTR keystream of a seed. */
+function pseudoRandom(bytes: number, seed = 1): Buffer {
+  return createCipheriv('aes-128-ctr', Buffer.alloc(16, seed), Buffer.alloc(16)).update(Buffer.alloc(bytes));
+}
+
+/** Feeds `data` in pieces of the given sizes, cycling through them. */
+function* inPieces(data: Buffer, pieceSizes: readonly number[] = [data.length]): Generator<Buffer> {
+  let offset = 0;
+  for (let i = 0; offset < data.length; i++) {
+    const size = pieceSizes[i % pieceSizes.length]!;
+    yield data.subarray(offset, offset + size);
+    offset += size;
+  }
+}
+
+async function collect(source: ByteSource, options?: ChunkerOptions): Promise<Buffer[]> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of chunkStream(source, options)) chunks.push(chunk);
+  return chunks;
+}
+
+/** sha256 of the gear table's values written in decimal, comma-separated. */
+const GEAR_TABLE_SHA256 = 'c658ee7f92be580a3340c7b53c7578d0b35c87fa2f503a9f21d9c9b0b6ce8b01';
+
+const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
+
+describe('compileChunkerOptions', () => {
+  it('defaults to 256 KiB / 1 MiB / 4 MiB', () => {
+    expect(compileChunkerOptions()).toMatchObject({ minSize: 256 * KiB, averageSize: MiB, maxSize: 4 * MiB });
+  });
+
+  it.each([
+    [{ minSize: 16 }, /minSize must be at least 32/],
+    [{ minSize: 1.5 }, /minSize must be an integer/],
+    [{ averageSize: 3 * MiB }, /averageSize must be a power of two/],
+    [{ averageSize: 128 * KiB }, /averageSize must be a power of two greater than minSize/],
+    [{ maxSize: MiB }, /maxSize must be greater than averageSize/],
+    [{ maxSize: CHUNK_SIZE_LIMIT + 1 }, /maxSize must be .* at most 8388608/],
+    [{ maxSize: Number.NaN }, /maxSize must be an integer/],
+  ])('refuses %o, naming the field', (options, message) => {
+    expect(() => compileChunkerOptions(options)).toThrow(InvalidArgumentError);
+    expect(() => compileChunkerOptions(options)).toThrow(message);
+  });
+});
+
+describe('chunkStream', () => {
+  it('yields non-empty chunks within the size bounds that concatenate to the input', async () => {
+    const data = pseudoRandom(4 * MiB);
+    const chunks = await collect(inPieces(data), SMALL);
+    expect(Buffer.concat(chunks).equals(data)).toBe(true);
+    for (const chunk of chunks.slice(0, -1)) {
+      expect(chunk.length).toBeGreaterThanOrEqual(SMALL.minSize!);
+      expect(chunk.length).toBeLessThanOrEqual(SMALL.maxSize!);
+    }
+    expect(chunks.at(-1)!.length).toBeGreaterThan(0);
+    // Normalized chunking keeps the mean near the target (skipping minSize adds to it).
+    const mean = data.length / chunks.length;
+    expect(mean).toBeGreaterThan(0.8 * SMALL.averageSize!);
+    expect(mean).toBeLessThan(1.6 * SMALL.averageSize!);
+  });
+
+  it('finds the same boundaries however the stream is split into buffers', async () => {
+    const data = pseudoRandom(MiB, 2);
+    const whole = (await collect(inPieces(data), SMALL)).map(sha256);
+    expect((await collect(inPieces(data, [1, 7, 4096, 65_537, 333]), SMALL)).map(sha256)).toEqual(whole);
+    expect((await collect(Readable.from(inPieces(data, [16 * KiB])), SMALL)).map(sha256)).toEqual(whole);
+  });
+
+  it('changes only the chunks around an insertion (32 MiB, default sizes)', async () => {
+    const original = pseudoRandom(32 * MiB, 3);
+    const at = 5 * MiB;
+    const edited = Buffer.concat([original.subarray(0, at), pseudoRandom(100, 4), original.subarray(at)]);
+    const before = new Set((await collect(inPieces(original, [64 * KiB]))).map(sha256));
+    const after = (await collect(inPieces(edited, [64 * KiB]))).map(sha256);
+    const changed = after.filter((hash) => !before.has(hash));
+    expect(before.size).toBeGreaterThan(20);
+    expect(changed.length).toBeGreaterThanOrEqual(1);
+    expect(changed.length).toBeLessThanOrEqual(3);
+  });
+
+  it('cuts runs of zeros at maxSize, into identical chunks', async () => {
+    const chunks = await collect(inPieces(Buffer.alloc(10 * MiB), [MiB]));
+    expect(chunks.map((c) => c.length)).toEqual([4 * MiB, 4 * MiB, 2 * MiB]);
+    expect(sha256(chunks[0]!)).toBe(sha256(chunks[1]!));
+  });
+
+  it('yields a chunk as soon as it is found, without reading the rest of the stream', async () => {
+    let pulled = 0;
+    function* endless(): Generator<Buffer> {
+      for (let seed = 1; ; seed++) {
+        const piece = pseudoRandom(64 * KiB, seed);
+        pulled += piece.length;
+        yield piece;
+      }
+    }
+    const options = { minSize: 64 * KiB, averageSize: 256 * KiB, maxSize: MiB };
+    for await (const chunk of chunkStream(endless(), options)) {
+      expect(chunk.length).toBeLessThanOrEqual(MiB);
+      expect(pulled).toBeLessThanOrEqual(chunk.length + 64 * KiB);
+      break;
+    }
+  });
+
+  it('yields nothing for an empty stream and the input itself when shorter than minSize', async () => {
+    expect(await collect(inPieces(Buffer.alloc(0)))).toEqual([]);
+    const small = pseudoRandom(1000);
+    expect(await collect(inPieces(small, [10]))).toEqual([small]);
+  });
+
+  it('refuses a stream of strings', async () => {
+    const strings = Readable.from(['not', 'bytes']) as AsyncIterable<Uint8Array>;
+    await expect(collect(strings)).rejects.toThrow(InvalidArgumentError);
+  });
+
+  // The gear table and the boundary rule are part of the stored format: if either changed, no chunk of an
+  // earlier version would be found again and every checkpoint would upload everything.
+  it('keeps the gear table and the boundaries of the stored format', async () => {
+    const table = Array.from(GEAR_TABLE).join(',');
+    expect(createHash('sha256').update(table).digest('hex')).toBe(GEAR_TABLE_SHA256);
+    expect(Array.from(GEAR_TABLE.slice(0, 4))).toEqual([-1333685852, -1082157292, -309883936, 801430895]);
+    let offset = 0;
+    const ends: number[] = [];
+    for await (const chunk of chunkStream(inPieces(pseudoRandom(4 * MiB, 7)), SMALL)) {
+      offset += chunk.length;
+      ends.push(offset);
+    }
+    expect(ends.slice(0, 12)).toEqual([
+      19560, 45607, 69303, 89712, 110600, 128203, 151501, 164355, 184010, 195939, 213531, 235426,
+    ]);
+  });
+});
+
+describe('Chunker', () => {
+  it('returns completed chunks per push and the remainder on finish', () => {
+    const data = pseudoRandom(256 * KiB, 5);
+    const chunker = new Chunker(SMALL);
+    const chunks = [...chunker.push(data.subarray(0, 100 * KiB)), ...chunker.push(data.subarray(100 * KiB))];
+    const last = chunker.finish();
+    expect(last).toBeDefined();
+    expect(Buffer.concat([...chunks, last!]).equals(data)).toBe(true);
+    expect(chunker.finish()).toBeUndefined();
+  });
+});
+
+describe('hashedChunks', () => {
+  it("pairs each chunk with its sha256", async () => {
+    const data = pseudoRandom(512 * KiB, 6);
+    for await (const { data: chunk, hash } of hashedChunks(inPieces(data), SMALL)) {
+      expect(hash).toBe(sha256(chunk));
+    }
+  });
+});
