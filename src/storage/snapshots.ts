@@ -1,0 +1,266 @@
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { finished } from 'node:stream/promises';
+import { mapBounded } from '../util/concurrency.ts';
+import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
+import { hashedChunks, type ByteSource } from './chunker.ts';
+import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy } from './codec.ts';
+import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
+import type { ChunkLocation, SnapshotStore } from './store.ts';
+
+/**
+ * Moving a snapshot between a local directory and the store: LXCloud-CR's "compress, save in a distributed and
+ * persistent way" step and its inverse. Uploads stream (memory stays around `concurrency` chunks, never a whole
+ * dump), skip every chunk the container already has, and commit the version only after all its chunks are
+ * durable. Downloads verify every chunk's sha256 and fall back to the other replica for a bad copy.
+ */
+
+/** One file of a snapshot to upload: a CRIU image, the container's config, its rootfs as a tar stream. */
+export interface SnapshotSource {
+  /** Path in the snapshot, relative, '/'-separated. */
+  path: string;
+  mode: number;
+  /** Opens the file's bytes; called once. */
+  open(): ByteSource;
+}
+
+export interface UploadOptions {
+  store: SnapshotStore;
+  container: string;
+  sourceHost: string;
+  sources: readonly SnapshotSource[];
+  /** Compress-or-not decisions; share one per agent so its estimates carry across checkpoints. */
+  policy: CompressionPolicy;
+  /** Chunk uploads in flight at once. Default 4. */
+  concurrency?: number;
+  /** A bucket partition is closed once it holds this many stored bytes. Default 64 MiB. */
+  bucketBytes?: number;
+  /** Timings of the dump that produced the sources, for the manifest. */
+  dumpTimings?: { freezeMs: number; dumpMs: number };
+}
+
+export interface UploadResult {
+  version: number;
+  manifest: VersionManifest;
+  /** Raw bytes of the snapshot (what a full copy would be). */
+  logicalBytes: number;
+  /** Bytes actually sent to the store: chunks it did not have yet, as stored. */
+  uploadedBytes: number;
+  uploadedChunks: number;
+  reusedChunks: number;
+}
+
+const DEFAULT_CONCURRENCY = 4;
+const DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024;
+
+/** Chooses the bucket for each new chunk: the newest bucket until it is full, then the next co-located one. */
+class BucketFiller {
+  private readonly fill = new Map<number, number>();
+  private current: number;
+
+  constructor(
+    private readonly store: SnapshotStore,
+    private readonly container: string,
+    private readonly limit: number,
+    existing: Iterable<ChunkLocation>,
+  ) {
+    for (const chunk of existing) this.fill.set(chunk.bucket, (this.fill.get(chunk.bucket) ?? 0) + chunk.storedSize);
+    const newest = Math.max(-1, ...this.fill.keys());
+    this.current = newest >= 0 && this.stillColocated(newest) ? newest : this.next(newest);
+  }
+
+  /** Whether the ring still places `bucket` with the home partition (the first co-located bucket after bucket - 1). */
+  private stillColocated(bucket: number): boolean {
+    return this.next(bucket - 1) === bucket;
+  }
+
+  /** A bucket that was co-located when chosen; a ring change since then moves new chunks to a fresh one. */
+  private next(after: number): number {
+    return this.store.buckets(this.container, 1, after)[0]!;
+  }
+
+  place(storedSize: number): number {
+    if ((this.fill.get(this.current) ?? 0) + storedSize > this.limit && (this.fill.get(this.current) ?? 0) > 0) {
+      this.current = this.next(this.current);
+    }
+    this.fill.set(this.current, (this.fill.get(this.current) ?? 0) + storedSize);
+    return this.current;
+  }
+}
+
+export async function uploadSnapshot(options: UploadOptions): Promise<UploadResult> {
+  const { store, container, policy } = options;
+  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
+  const started = Date.now();
+  const version = await store.beginVersion(container, options.sourceHost);
+  const index = await store.chunkIndex(container);
+  const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, index.values());
+  const tally = new CompressionTally();
+  const inFlight = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
+  let uploadedBytes = 0;
+  let uploadedChunks = 0;
+  let reusedChunks = 0;
+
+  const upload = async (location: ChunkLocation, stored: Buffer) => {
+    const putStarted = performance.now();
+    await store.putChunk(container, location, stored);
+    policy.observeUpload(stored.length, performance.now() - putStarted);
+    uploadedBytes += stored.length;
+    uploadedChunks++;
+  };
+
+  const files: SnapshotFile[] = [];
+  for (const source of options.sources) {
+    const chunks: ChunkRef[] = [];
+    let size = 0;
+    for await (const { data, hash } of hashedChunks(source.open())) {
+      if (failure) break;
+      size += data.length;
+      let location = index.get(hash);
+      if (location) {
+        reusedChunks++;
+      } else {
+        const encoded = await encodeWithPolicy(data, policy);
+        tally.add(encoded);
+        location = { hash, bucket: buckets.place(encoded.stored.length), rawSize: data.length, storedSize: encoded.stored.length, codec: encoded.codec };
+        // Recorded before it is durable so a repeat within this snapshot is not sent twice; if any upload fails
+        // the version is never committed, so nothing ever references a chunk that did not arrive.
+        index.set(hash, location);
+        const put = upload(location, encoded.stored).catch((error: unknown) => {
+          failure ??= { error };
+        });
+        inFlight.add(put);
+        void put.finally(() => inFlight.delete(put));
+        if (inFlight.size >= concurrency) await Promise.race(inFlight);
+      }
+      chunks.push({ hash, size: data.length, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
+    }
+    files.push({ path: source.path, mode: source.mode, size, chunks });
+    if (failure) break;
+  }
+  await Promise.all(inFlight);
+  if (failure) {
+    const cause = failure.error;
+    throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(cause)}`, { cause });
+  }
+
+  const committedAt = Date.now();
+  const manifest: VersionManifest = {
+    container,
+    version,
+    sourceHost: options.sourceHost,
+    createdAt: started,
+    committedAt,
+    files,
+    snapshotSha256: snapshotSha256(files),
+    compression: tally.summary(),
+    timings: {
+      freezeMs: options.dumpTimings?.freezeMs ?? 0,
+      dumpMs: options.dumpTimings?.dumpMs ?? 0,
+      uploadMs: committedAt - started,
+      totalMs: committedAt - started + (options.dumpTimings?.dumpMs ?? 0),
+    },
+  };
+  await store.commitVersion(container, version, encodeManifest(manifest));
+  const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
+  return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks, reusedChunks };
+}
+
+/** An upload stopped before commit; the version stays uncommitted (invisible) until GC collects it. */
+export class UploadFailedError extends LxcrError {
+  readonly code = 'UNAVAILABLE';
+}
+
+export interface DownloadOptions {
+  store: SnapshotStore;
+  container: string;
+  /** A committed version; default the newest committed one. */
+  version?: number;
+  /**
+   * Directory the snapshot's files are written under (created if missing): a staging directory, since a
+   * failed download leaves partial files there.
+   */
+  targetDir: string;
+  /** Chunk reads in flight at once. Default 4. */
+  concurrency?: number;
+}
+
+export interface DownloadResult {
+  manifest: VersionManifest;
+  bytes: number;
+  /** Chunks whose first copy failed verification and were read from the other replica. */
+  repairedFromReplica: number;
+}
+
+/** The committed manifest of a version (default: the newest), or a NotFound / FailedPrecondition error saying why not. */
+export async function committedManifest(store: SnapshotStore, container: string, version?: number): Promise<VersionManifest> {
+  const record =
+    version === undefined
+      ? await store.latestCommitted(container)
+      : (await store.versions(container)).find((v) => v.version === version);
+  if (!record) {
+    throw new NotFoundError(version === undefined ? `${container} has no committed snapshot` : `${container} has no version ${version}`);
+  }
+  if (record.state !== 'committed' || !record.manifest) {
+    throw new FailedPreconditionError(`${container} version ${record.version} never committed (its upload did not finish): it cannot be restored`);
+  }
+  return decodeManifest(record.manifest);
+}
+
+export async function downloadSnapshot(options: DownloadOptions): Promise<DownloadResult> {
+  const { store, container, targetDir } = options;
+  const manifest = await committedManifest(store, container, options.version);
+  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
+  let bytes = 0;
+  let repairedFromReplica = 0;
+
+  const fetchVerified = async (file: SnapshotFile, ref: ChunkRef): Promise<Buffer> => {
+    const problems: string[] = [];
+    // Any replica first (the driver picks), then each replica in turn for a copy that verifies.
+    for (const [attempt, host] of [undefined, ...store.replicas(container)].entries()) {
+      try {
+        const stored = await store.getChunk(container, ref, host);
+        if (!stored) {
+          problems.push(`${host ?? 'any replica'}: missing`);
+          continue;
+        }
+        const raw = await decodeChunk(ref.codec, stored, ref.size);
+        if (createHash('sha256').update(raw).digest('hex') === ref.hash) {
+          if (attempt > 0) repairedFromReplica++;
+          return raw;
+        }
+        problems.push(`${host ?? 'any replica'}: sha256 mismatch`);
+      } catch (err) {
+        problems.push(`${host ?? 'any replica'}: ${errorMessage(err)}`);
+      }
+    }
+    throw new IntegrityError(
+      `${container} version ${manifest.version}: no good copy of chunk ${ref.hash} of ${file.path} (${problems.join('; ')}); ` +
+        'nothing was started from it',
+    );
+  };
+
+  for (const file of manifest.files) {
+    const path = join(targetDir, file.path);
+    await mkdir(dirname(path), { recursive: true });
+    const out = createWriteStream(path, { mode: file.mode });
+    try {
+      // Fetch a window of chunks in parallel, write them in order: memory stays at one window.
+      for (let start = 0; start < file.chunks.length; start += concurrency) {
+        const window = file.chunks.slice(start, start + concurrency);
+        for (const raw of await mapBounded(window, concurrency, (ref) => fetchVerified(file, ref))) {
+          bytes += raw.length;
+          if (!out.write(raw)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
+        }
+      }
+    } finally {
+      out.end();
+      await finished(out);
+    }
+  }
+  return { manifest, bytes, repairedFromReplica };
+}
