@@ -8,6 +8,7 @@ import { mkdir, open, readdir, readFile, rename, stat, symlink, writeFile } from
 import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
+  AlreadyExistsError,
   CheckpointError,
   CommandFailedError,
   errorMessage,
@@ -23,8 +24,10 @@ import { run, type RunOptions } from '../util/exec.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { checkCriu, findOnPath, readCriuLogErrors, resolveCriuPath } from './criu.ts';
 import {
+  CONTAINER_DIR_PLACEHOLDER,
   isContainerState,
   type CheckpointOptions,
+  type ExportedContainer,
   type CheckpointResult,
   type ContainerRuntime,
   type ContainerState,
@@ -262,6 +265,39 @@ async function describeCriuFailure(what: string, criuLog: string, err: unknown):
   return `${what} failed${reported}\nCRIU log: ${criuLog}\n${errorMessage(err)}`;
 }
 
+/** The rootfs directory a container config names (the last lxc.rootfs.path wins); directory rootfs only. */
+function rootfsFromConfig(config: string, containerDir: string): string {
+  const value = [...config.matchAll(/^\s*lxc\.rootfs\.path\s*=\s*(.*?)\s*$/gm)].at(-1)?.[1];
+  if (value === undefined || value === '') return join(containerDir, 'rootfs');
+  if (value.startsWith('dir:')) return value.slice('dir:'.length);
+  if (value.startsWith('/')) return value;
+  throw new FailedPreconditionError(`rootfs "${value}" of ${containerDir}: only directory rootfs ("dir:" or a plain path) can be snapshotted`);
+}
+
+/**
+ * The rootfs as a tar stream. GNU tar exits 1 when a file changed while it was read (a running container's
+ * rootfs does); the archive is still complete, so only a fatal exit (2) fails the stream.
+ */
+async function* tarStream(rootfs: string): AsyncGenerator<Uint8Array> {
+  // Sorted by name: the same tree gives the same archive, whatever order the directories list their entries in
+  // (a rootfs re-extracted on restore lists them differently), so unchanged files stay in unchanged chunks.
+  const argv = ['--numeric-owner', '--sort=name', '-C', rootfs, '-cf', '-', '.'];
+  const child = spawn('tar', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-4096)));
+  const exited = new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', resolve);
+  });
+  try {
+    for await (const piece of child.stdout) yield piece as Buffer;
+    const code = await exited;
+    if (code !== 0 && code !== 1) throw new CommandFailedError(['tar', ...argv], code, null, '', stderr);
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+}
+
 export class LxcRuntime implements ContainerRuntime {
   readonly lxcpath: string;
   private readonly options: CompiledOptions;
@@ -284,14 +320,7 @@ export class LxcRuntime implements ContainerRuntime {
 
   async rootfsPath(name: string): Promise<string> {
     await this.requireExisting(name);
-    const config = await readFile(this.configPath(name), 'utf8');
-    const value = [...config.matchAll(/^\s*lxc\.rootfs\.path\s*=\s*(.*?)\s*$/gm)].at(-1)?.[1];
-    if (value === undefined || value === '') return join(this.containerDir(name), 'rootfs');
-    if (value.startsWith('dir:')) return value.slice('dir:'.length);
-    if (value.startsWith('/')) return value;
-    throw new FailedPreconditionError(
-      `container ${name} uses rootfs "${value}"; only directory rootfs ("dir:" or a plain path) can be snapshotted`,
-    );
+    return rootfsFromConfig(await readFile(this.configPath(name), 'utf8'), this.containerDir(name));
   }
 
   async list(): Promise<string[]> {
@@ -420,6 +449,29 @@ export class LxcRuntime implements ContainerRuntime {
       missingHint: LXC_HINT,
       ...options,
     });
+  }
+
+  async exportFiles(name: string): Promise<ExportedContainer> {
+    const rootfs = await this.rootfsPath(name);
+    const dir = this.containerDir(name);
+    const config = relocateLxcConfig(await readFile(this.configPath(name), 'utf8'), dir, CONTAINER_DIR_PLACEHOLDER);
+    if (!config.includes(CONTAINER_DIR_PLACEHOLDER) || !rootfs.startsWith(`${dir}/`)) {
+      throw new FailedPreconditionError(`container ${name}'s rootfs ${rootfs} is outside its directory ${dir}: it cannot be moved to another host`);
+    }
+    return { config: Buffer.from(config), openRootfsTar: () => tarStream(rootfs) };
+  }
+
+  async importFiles(name: string, files: { config: Buffer; rootfsTarPath: string }): Promise<void> {
+    validateContainerName(name);
+    if (await this.exists(name)) throw new AlreadyExistsError(`container ${name} already exists in ${this.lxcpath}`);
+    const dir = this.containerDir(name);
+    const config = files.config.toString('utf8').replaceAll(CONTAINER_DIR_PLACEHOLDER, dir);
+    await mkdir(dir, { recursive: true, mode: 0o750 });
+    // The config goes last: until it exists the half-imported directory is no container at all.
+    const rootfs = rootfsFromConfig(config, dir);
+    await mkdir(rootfs, { recursive: true });
+    await run('tar', ['--numeric-owner', '-xpf', files.rootfsTarPath, '-C', rootfs], { timeoutMs: this.options.checkpointTimeoutMs });
+    await writeFile(this.configPath(name), config);
   }
 
   private verboseFlag(): string[] {

@@ -84,8 +84,24 @@ export interface ContainerRuntime {
    * container's config and rootfs must be in place first). Throws RestoreError carrying CRIU's error lines.
    */
   restore(name: string, imagesDir: string): Promise<RestoreResult>;
+  /**
+   * What a snapshot needs besides the CRIU images: the container's config, with its own directory written as
+   * {@link CONTAINER_DIR_PLACEHOLDER} so another host can lay it out elsewhere, and its rootfs as a tar stream
+   * (started when `openRootfsTar` is called; its iteration fails if tar fails).
+   */
+  exportFiles(name: string): Promise<ExportedContainer>;
+  /** Lays out a container that does not exist on this host yet from exported files, ready for {@link restore}. */
+  importFiles(name: string, files: { config: Buffer; rootfsTarPath: string }): Promise<void>;
   /** The container's configuration file, part of every snapshot. */
   configPath(name: string): string;
   /** The container's root filesystem directory, as its configuration names it; part of every snapshot. */
   rootfsPath(name: string): Promise<string>;
+}
+
+/** Stands for the container's own directory in an exported config. */
+export const CONTAINER_DIR_PLACEHOLDER = '@LXCR_CONTAINER_DIR@';
+
+export interface ExportedContainer {
+  config: Buffer;
+  openRootfsTar(): AsyncIterable<Uint8Array>;
 }
