@@ -125,7 +125,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
     let pageState: string | undefined;
     do {
       const page = await this.client.execute(
-        `SELECT hash, bucket, raw_size, stored_size, codec FROM ${this.keyspace}.chunk_index WHERE container = ?`,
+        `SELECT hash, bucket, raw_size, stored_size, codec, created_at FROM ${this.keyspace}.chunk_index WHERE container = ?`,
         [container],
         { ...READ, fetchSize: 1000, pageState },
       );
@@ -137,6 +137,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
           rawSize: row['raw_size'] as number,
           storedSize: row['stored_size'] as number,
           codec: row['codec'] as string,
+          createdAt: row['created_at'] as Date,
         });
       }
       pageState = page.pageState ?? undefined;

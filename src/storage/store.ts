@@ -23,6 +23,8 @@ export interface ChunkLocation {
   rawSize: number;
   storedSize: number;
   codec: string;
+  /** When the chunk was stored; absent for a location not read from the store. */
+  createdAt?: Date;
 }
 
 export interface SnapshotStore {

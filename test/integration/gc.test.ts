@@ -1,0 +1,94 @@
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type cassandra from 'cassandra-driver';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { CompressionPolicy } from '../../src/storage/codec.ts';
+import { collectGarbage } from '../../src/storage/gc.ts';
+import { downloadSnapshot, uploadSnapshot } from '../../src/storage/snapshots.ts';
+import { clientFor, sharedTestbed } from '../support/testbed.ts';
+
+const KEYSPACE = 'gc_test';
+const MiB = 1024 * 1024;
+const testbed = sharedTestbed();
+let client: cassandra.Client;
+let store: CassandraSnapshotStore;
+const scratch = mkdtempSync(join(tmpdir(), 'lxcr-gc-'));
+const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+beforeAll(async () => {
+  client = clientFor(testbed);
+  await client.connect();
+  store = new CassandraSnapshotStore({ client, keyspace: KEYSPACE });
+  await store.ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+});
+
+afterAll(async () => {
+  await client?.shutdown();
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+describe('GC-CR', () => {
+  it('keeps exactly the newest K committed versions and every chunk they need', async () => {
+    // Four versions over blocks A..E: v1 = A B, v2 = B C, v3 = C D, v4 = D E.
+    // Blocks larger than the biggest chunk (4 MiB), so whole chunks fall inside each block and are shared.
+    const blocks = Array.from({ length: 5 }, () => randomBytes(6 * MiB));
+    const contents = [0, 1, 2, 3].map((i) => Buffer.concat([blocks[i]!, blocks[i + 1]!]));
+    const policy = new CompressionPolicy();
+    for (const content of contents) {
+      await uploadSnapshot({ store, container: 'gc-a', sourceHost: 'host1', policy, sources: [{ path: 'm.img', mode: 0o600, open: () => [content] }] });
+    }
+    const report = await collectGarbage({ store, container: 'gc-a', keep: 2, uploadGraceMs: 0 });
+    expect(report.keptVersions).toEqual([4, 3]);
+    expect(report.deletedVersions).toEqual([1, 2]);
+    expect(report.deletedChunks).toBeGreaterThan(0);
+    expect(report.freedBytes).toBeGreaterThanOrEqual(8 * MiB); // block A and most of B are gone
+    expect(report.logicalBytes).toBe(24 * MiB);
+    expect(report.storedBytes).toBeLessThan(report.logicalBytes - 2 * MiB); // v3 and v4 share block D
+
+    expect((await store.versions('gc-a')).map((v) => v.version)).toEqual([4, 3]);
+    for (const [version, content] of [[3, contents[2]!], [4, contents[3]!]] as const) {
+      await downloadSnapshot({ store, container: 'gc-a', version, targetDir: join(scratch, `v${version}`) });
+      expect(sha(readFileSync(join(scratch, `v${version}`, 'm.img')))).toBe(sha(content));
+    }
+    const again = await collectGarbage({ store, container: 'gc-a', keep: 2, uploadGraceMs: 0 });
+    expect(again.deletedVersions).toEqual([]);
+    expect(again.deletedChunks).toBe(0);
+  });
+
+  it('an agent killed mid-upload leaves no visible version, and GC later removes its orphans', async () => {
+    const container = 'gc-crash';
+    const agent = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, '../support/upload-then-hang.ts'), KEYSPACE, container], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    await new Promise<void>((resolve, reject) => {
+      agent.stdout.on('data', (d: Buffer) => d.toString().includes('UPLOADING') && resolve());
+      agent.once('exit', (code) => reject(new Error(`the uploading agent exited with ${code} early`)));
+    });
+    agent.kill('SIGKILL');
+    await new Promise((r) => agent.once('exit', r));
+
+    expect(await store.latestCommitted(container)).toBeUndefined();
+    const [orphan] = await store.versions(container);
+    expect(orphan?.state).toBe('uploading');
+    const orphanChunks = (await store.chunkIndex(container)).size;
+    expect(orphanChunks).toBeGreaterThan(0);
+
+    // Right after the crash the upload might still be running elsewhere: nothing is deleted.
+    const early = await collectGarbage({ store, container });
+    expect(early.deletedVersions).toEqual([]);
+    expect(early.chunksDeferred).toBe(true);
+    expect((await store.chunkIndex(container)).size).toBe(orphanChunks);
+
+    // Past the grace period it is an abandoned upload.
+    const later = await collectGarbage({ store, container, now: new Date(Date.now() + 16 * 60 * 1000) });
+    expect(later.deletedVersions).toEqual([orphan!.version]);
+    expect(later.deletedChunks).toBe(orphanChunks);
+    expect(await store.versions(container)).toEqual([]);
+    expect((await store.chunkIndex(container)).size).toBe(0);
+  });
+});
