@@ -16,7 +16,8 @@ export type ErrorCode =
   | 'CHECKPOINT_FAILED'
   | 'RESTORE_FAILED'
   | 'INTEGRITY'
-  | 'TESTBED';
+  | 'TESTBED'
+  | 'INTERNAL';
 
 export abstract class LxcrError extends Error {
   abstract readonly code: ErrorCode;

@@ -1,0 +1,141 @@
+import { spawn, type Ref } from 'nact';
+import cron, { type ScheduledTask } from 'node-cron';
+import { checkpointToStore, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
+import type { ContainerRuntime } from '../runtime/runtime.ts';
+import type { CompressionPolicy } from '../storage/codec.ts';
+import { collectGarbage, type GcReport } from '../storage/gc.ts';
+import type { SnapshotStore } from '../storage/store.ts';
+import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
+import { errorReply, replyOf, tell, type Reply } from './system.ts';
+
+/**
+ * One actor per supervised container: its dumper. Checkpoints (scheduled or asked for), GC after each, and
+ * recovery after a crash all go through its mailbox, so they run one at a time: a second checkpoint of a
+ * container never runs alongside the first, and GC never alongside an upload of the same container.
+ */
+
+export interface CheckpointOutcome {
+  version: number;
+  uploadedBytes: number;
+  logicalBytes: number;
+  dumpMs: number;
+  gc: GcReport;
+}
+
+export interface RecoverOutcome {
+  version: number;
+  restoreMs: number;
+}
+
+export type ContainerMessage =
+  | { type: 'checkpoint'; scheduled?: boolean; replyTo?: Ref<Reply<CheckpointOutcome>> }
+  | { type: 'recover'; replyTo?: Ref<Reply<RecoverOutcome>> };
+
+export interface ContainerActorDeps {
+  runtime: ContainerRuntime;
+  store: SnapshotStore;
+  policy: CompressionPolicy;
+  hostId: string;
+  stagingDir: string;
+  /** Committed versions GC keeps. */
+  keep: number;
+  logger: Logger;
+}
+
+export interface ContainerSchedule {
+  /** A node-cron expression (6 fields with seconds allowed), e.g. every 5 minutes: "0 *\/5 * * * *". */
+  cron?: string;
+  /** Or a fixed period in ms. */
+  everyMs?: number;
+}
+
+export interface ContainerActor {
+  ref: Ref<ContainerMessage>;
+  /** Stops the schedule; the actor itself stops with its parent. */
+  stopSchedule(): void;
+}
+
+export function spawnContainerActor(parent: Ref<unknown>, container: string, deps: ContainerActorDeps, schedule: ContainerSchedule = {}): ContainerActor {
+  const log = deps.logger.child(container);
+
+  const checkpoint = async (): Promise<CheckpointOutcome> => {
+    const result: CheckpointToStoreResult = await checkpointToStore({
+      runtime: deps.runtime, store: deps.store, policy: deps.policy, container, sourceHost: deps.hostId, stagingDir: deps.stagingDir,
+    });
+    const gc = await collectGarbage({ store: deps.store, container, keep: deps.keep });
+    log.info('checkpoint committed', {
+      version: result.version, dumpMs: Math.round(result.dumpMs), uploadedBytes: result.uploadedBytes,
+      logicalBytes: result.logicalBytes, gcDeletedVersions: gc.deletedVersions, gcFreedBytes: gc.freedBytes,
+    });
+    return { version: result.version, uploadedBytes: result.uploadedBytes, logicalBytes: result.logicalBytes, dumpMs: result.dumpMs, gc };
+  };
+
+  const recover = async (): Promise<RecoverOutcome> => {
+    // The stopped local copy is stale: the committed snapshot in the store is what comes back.
+    if (await deps.runtime.exists(container)) {
+      await deps.runtime.stop(container, { kill: true });
+      await deps.runtime.destroy(container);
+    }
+    const restored = await restoreFromStore({ runtime: deps.runtime, store: deps.store, container, stagingDir: deps.stagingDir });
+    log.warn('restored after a crash', { version: restored.manifest.version, restoreMs: Math.round(restored.restoreMs) });
+    return { version: restored.manifest.version, restoreMs: restored.restoreMs };
+  };
+
+  // A scheduled tick while one is already waiting is dropped: slow uploads never pile up checkpoints.
+  let scheduledWaiting = false;
+
+  const ref = spawn(
+    parent,
+    async (_state: undefined, message: ContainerMessage) => {
+      if (message.type === 'checkpoint') {
+        if (message.scheduled) scheduledWaiting = false;
+        const reply = await checkpoint().then(replyOf, (err: unknown) => {
+          log.error('checkpoint failed', { error: errorMessage(err) });
+          return errorReply(err);
+        });
+        if (message.replyTo) tell(message.replyTo, reply, `reply to checkpoint of ${container}`);
+      } else {
+        const reply = await recover().then(replyOf, (err: unknown) => {
+          log.error('recovery failed', { error: errorMessage(err) });
+          return errorReply(err);
+        });
+        if (message.replyTo) tell(message.replyTo, reply, `reply to recovery of ${container}`);
+      }
+      return undefined;
+    },
+    `container-${container}`,
+    {
+      // Handlers answer errors instead of throwing; anything that still escapes is logged and the actor goes
+      // on with its next message, so one container's failure never stops another's checkpoints.
+      onCrash: (_message, err, ctx) => {
+        log.error('container actor crashed; resuming', { error: errorMessage(err) });
+        return ctx.resume;
+      },
+    },
+  );
+
+  const tick = () => {
+    if (scheduledWaiting) return;
+    scheduledWaiting = true;
+    tell(ref, { type: 'checkpoint', scheduled: true }, `scheduled checkpoint of ${container}`);
+  };
+  let task: ScheduledTask | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  if (schedule.cron !== undefined) {
+    if (!cron.validate(schedule.cron)) throw new InvalidArgumentError(`checkpoint schedule of ${container}: "${schedule.cron}" is not a valid cron expression`);
+    task = cron.schedule(schedule.cron, tick);
+  } else if (schedule.everyMs !== undefined) {
+    if (!Number.isInteger(schedule.everyMs) || schedule.everyMs < 1000) {
+      throw new InvalidArgumentError(`checkpoint period of ${container} must be at least 1000 ms, got ${schedule.everyMs}`);
+    }
+    timer = setInterval(tick, schedule.everyMs);
+  }
+  return {
+    ref,
+    stopSchedule: () => {
+      void task?.stop();
+      if (timer) clearInterval(timer);
+    },
+  };
+}

@@ -1,0 +1,106 @@
+import { spawn, stop, type ActorContext, type ActorSystemRef, type Ref } from 'nact';
+import type { ContainerRuntime, ContainerState } from '../runtime/runtime.ts';
+import { CompressionPolicy } from '../storage/codec.ts';
+import type { SnapshotStore } from '../storage/store.ts';
+import { NotFoundError, errorMessage } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
+import { spawnContainerActor, type CheckpointOutcome, type ContainerActor, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
+import { ask, startActorSystem, tell } from './system.ts';
+
+/**
+ * The agent's host supervisor: it watches this host's containers, gives each running one a container actor
+ * (its dumper, on the configured schedule), and sends a container that stopped without being asked to (a
+ * crash) to be restored from its newest committed snapshot.
+ */
+
+export interface HostSupervisorOptions {
+  hostId: string;
+  runtime: ContainerRuntime;
+  store: SnapshotStore;
+  stagingDir: string;
+  logger: Logger;
+  /** How often the containers' states are read. Default 2 s. */
+  pollMs?: number;
+  /** Checkpoint schedule of every container. Default: on demand only. */
+  schedule?: ContainerSchedule;
+  /** Committed versions GC keeps per container. Default 2. */
+  keep?: number;
+  /** How long a checkpoint request may wait for its answer. Default 10 min. */
+  checkpointTimeoutMs?: number;
+}
+
+/** A container as the supervisor last saw it; 'CRASHED' marks a stop nobody asked for. */
+export type SupervisedState = ContainerState | 'CRASHED';
+
+type SupervisorMessage = { type: 'poll' };
+
+export class HostSupervisor {
+  private readonly system: ActorSystemRef;
+  private readonly actor: Ref<SupervisorMessage>;
+  private readonly containers = new Map<string, ContainerActor>();
+  private readonly lastStates = new Map<string, SupervisedState>();
+  private readonly poller: NodeJS.Timeout;
+  private readonly log: Logger;
+
+  constructor(private readonly options: HostSupervisorOptions) {
+    this.log = options.logger.child(options.hostId);
+    this.system = startActorSystem(`lxcr-${options.hostId}`);
+    const policy = new CompressionPolicy();
+    const deps = { runtime: options.runtime, store: options.store, policy, hostId: options.hostId, stagingDir: options.stagingDir, keep: options.keep ?? 2, logger: this.log };
+    this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
+      this.system,
+      async (_state: undefined, _message: SupervisorMessage, ctx) => {
+        await this.poll((name) => spawnContainerActor(ctx.self, name, deps, options.schedule ?? {}));
+        return undefined;
+      },
+      'supervisor',
+      {
+        onCrash: (_message, err, ctx) => {
+          this.log.error('supervisor poll failed; resuming', { error: errorMessage(err) });
+          return ctx.resume;
+        },
+      },
+    );
+    this.poller = setInterval(() => tell(this.actor, { type: 'poll' }, 'supervisor poll'), options.pollMs ?? 2000);
+    tell(this.actor, { type: 'poll' }, 'supervisor poll');
+  }
+
+  /** Reads every container's state and reacts: adopt the running ones, recover the crashed ones. */
+  private async poll(spawnFor: (name: string) => ContainerActor): Promise<void> {
+    for (const name of await this.options.runtime.list()) {
+      const state = await this.options.runtime.state(name).catch(() => undefined);
+      if (state === undefined) continue; // destroyed between list and state
+      const previous = this.lastStates.get(name);
+      if (state === 'RUNNING' && !this.containers.has(name)) {
+        this.containers.set(name, spawnFor(name));
+        this.log.info('supervising container', { container: name });
+      }
+      const actor = this.containers.get(name);
+      if (actor && state === 'STOPPED' && (previous === 'RUNNING' || previous === 'FROZEN')) {
+        this.lastStates.set(name, 'CRASHED');
+        this.log.warn('container stopped without being asked to: restoring it from its last committed snapshot', { container: name });
+        tell(actor.ref, { type: 'recover' } satisfies ContainerMessage, `recovery of ${name}`);
+        continue;
+      }
+      if (previous !== 'CRASHED' || state === 'RUNNING') this.lastStates.set(name, state);
+    }
+  }
+
+  /** What the supervisor last saw of each container. */
+  states(): ReadonlyMap<string, SupervisedState> {
+    return new Map(this.lastStates);
+  }
+
+  /** Checkpoints a supervised container now (queued behind one already running) and collects its garbage. */
+  checkpoint(container: string): Promise<CheckpointOutcome> {
+    const actor = this.containers.get(container);
+    if (!actor) return Promise.reject(new NotFoundError(`container ${container} is not supervised on ${this.options.hostId}`));
+    return ask(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, replyTo }), this.options.checkpointTimeoutMs ?? 600_000, `checkpoint of ${container}`);
+  }
+
+  stop(): void {
+    clearInterval(this.poller);
+    for (const actor of this.containers.values()) actor.stopSchedule();
+    stop(this.system);
+  }
+}

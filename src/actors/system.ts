@@ -1,0 +1,59 @@
+import { dispatch, query, start, type ActorSystemRef, type Ref } from 'nact';
+import { FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type ErrorCode } from '../util/errors.ts';
+
+/**
+ * A thin typed layer over nact, whose own typings are loose: systems are always named, queries always have a
+ * timeout that ends in a TimeoutError, a message to a stopped actor fails loudly, and actors answer with a
+ * Reply instead of throwing (nact would otherwise leave the asker waiting until its timeout).
+ */
+
+export type { Ref };
+
+export function startActorSystem(name: string): ActorSystemRef {
+  return start(name);
+}
+
+/** An actor's answer: a value, or the error that stopped it, with its stable code. */
+export type Reply<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string };
+
+export function replyOf<T>(value: T): Reply<T> {
+  return { ok: true, value };
+}
+
+export function errorReply(err: unknown): Reply<never> {
+  return { ok: false, code: err instanceof LxcrError ? err.code : 'INTERNAL', message: errorMessage(err) };
+}
+
+/** The error a failed Reply carries, rebuilt on the asking side with its code. */
+export class ActorReplyError extends LxcrError {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Sends a message; throws (instead of nact's silent drop or generic error) when the actor is stopped. */
+export function tell<T>(actor: Ref<T>, message: T, what: string): void {
+  try {
+    dispatch(actor, message);
+  } catch (err) {
+    throw new FailedPreconditionError(`${what}: its actor is stopped (${errorMessage(err)})`, { cause: err });
+  }
+}
+
+/** Asks an actor and waits for its Reply, at most `timeoutMs`; a failed Reply is thrown with its code. */
+export async function ask<Req, Res>(actor: Ref<Req>, request: (replyTo: Ref<Reply<Res>>) => Req, timeoutMs: number, what: string): Promise<Res> {
+  let reply: Reply<Res>;
+  try {
+    reply = await query<Req, (replyTo: Ref<Reply<Res>>) => Req>(actor, request, timeoutMs);
+  } catch (err) {
+    if (err instanceof Error && err.message === 'Query Timeout') {
+      throw new TimeoutError(`${what} got no answer within ${timeoutMs} ms`, { cause: err });
+    }
+    throw new FailedPreconditionError(`${what}: its actor is stopped (${errorMessage(err)})`, { cause: err });
+  }
+  if (reply.ok) return reply.value;
+  throw new ActorReplyError(reply.code, reply.message);
+}
