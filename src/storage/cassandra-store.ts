@@ -2,7 +2,7 @@ import cassandra from 'cassandra-driver';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
-import type { ChunkLocation, SnapshotStore, VersionRecord, VersionState } from './store.ts';
+import type { ChunkLocation, ChunkState, SnapshotStore, VersionRecord, VersionState } from './store.ts';
 
 const { consistencies } = cassandra.types;
 
@@ -24,6 +24,9 @@ export interface CassandraStoreOptions {
 const WRITE = { prepare: true, consistency: consistencies.two };
 const READ = { prepare: true, consistency: consistencies.one };
 const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: consistencies.serial };
+
+/** Index rows per batch: ~100 bytes each, far below the batch size warning threshold. */
+const INDEX_BATCH = 200;
 
 /** How many times a version allocation retries after losing a race to another writer. */
 const MAX_ALLOCATION_ATTEMPTS = 10;
@@ -125,7 +128,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
     let pageState: string | undefined;
     do {
       const page = await this.client.execute(
-        `SELECT hash, bucket, raw_size, stored_size, codec, created_at FROM ${this.keyspace}.chunk_index WHERE container = ?`,
+        `SELECT hash, bucket, raw_size, stored_size, codec, state, created_at FROM ${this.keyspace}.chunk_index WHERE container = ?`,
         [container],
         { ...READ, fetchSize: 1000, pageState },
       );
@@ -138,6 +141,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
           storedSize: row['stored_size'] as number,
           codec: row['codec'] as string,
           createdAt: row['created_at'] as Date,
+          state: row['state'] as ChunkState,
         });
       }
       pageState = page.pageState ?? undefined;
@@ -149,18 +153,23 @@ export class CassandraSnapshotStore implements SnapshotStore {
     if (data.length !== location.storedSize) {
       throw new InvalidArgumentError(`chunk ${location.hash} of ${container}: ${data.length} bytes given, ${location.storedSize} declared`);
     }
-    const hash = hashBytes(location.hash);
-    // Data first, index second: an index entry always points at data on both replicas.
     await this.client.execute(
       `INSERT INTO ${this.keyspace}.chunks (container, bucket, hash, data) VALUES (?, ?, ?, ?)`,
-      [container, location.bucket, hash, data],
+      [container, location.bucket, hashBytes(location.hash), data],
       WRITE,
     );
-    await this.client.execute(
-      `INSERT INTO ${this.keyspace}.chunk_index (container, hash, bucket, raw_size, stored_size, codec, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-      [container, hash, location.bucket, location.rawSize, location.storedSize, location.codec, new Date()],
-      WRITE,
-    );
+  }
+
+  async indexChunks(container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void> {
+    const now = new Date();
+    // One partition (the container's home): an unlogged batch is a single mutation there, and small.
+    for (let start = 0; start < locations.length; start += INDEX_BATCH) {
+      const batch = locations.slice(start, start + INDEX_BATCH).map((location) => ({
+        query: `INSERT INTO ${this.keyspace}.chunk_index (container, hash, bucket, raw_size, stored_size, codec, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        params: [container, hashBytes(location.hash), location.bucket, location.rawSize, location.storedSize, location.codec, state, now],
+      }));
+      await this.client.batch(batch, { ...WRITE, logged: false });
+    }
   }
 
   async getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined> {

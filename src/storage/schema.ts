@@ -54,8 +54,10 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
       PRIMARY KEY (container, version)
     ) WITH CLUSTERING ORDER BY (version DESC)`,
     // Home partition: which chunks a container has and where, so an unchanged chunk is never uploaded twice.
+    // A chunk is 'pending' from before its data is written until it is durable, then 'stored': a crashed
+    // upload's chunks stay findable (pending) for GC, and only stored chunks are reused.
     `CREATE TABLE IF NOT EXISTS ${keyspace}.chunk_index (
-      container text, hash blob, bucket int, raw_size int, stored_size int, codec text, created_at timestamp,
+      container text, hash blob, bucket int, raw_size int, stored_size int, codec text, state text, created_at timestamp,
       PRIMARY KEY (container, hash)
     )`,
     // Bucket partitions, co-located with the home partition, each kept to a bounded size.

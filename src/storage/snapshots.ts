@@ -96,21 +96,44 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
-  const index = await store.chunkIndex(container);
-  const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, index.values());
+  const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
+  const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
   const tally = new CompressionTally();
   const inFlight = new Set<Promise<void>>();
   let failure: { error: unknown } | undefined;
   let uploadedBytes = 0;
-  let uploadedChunks = 0;
   let reusedChunks = 0;
+  const uploaded: ChunkLocation[] = [];
+  /** New chunks waiting to be registered as pending, then written, `concurrency` at a time. */
+  let group: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
 
-  const upload = async (location: ChunkLocation, stored: Buffer) => {
+  const upload = async (location: ChunkLocation, bytes: Buffer) => {
     const putStarted = performance.now();
-    await store.putChunk(container, location, stored);
-    policy.observeUpload(stored.length, performance.now() - putStarted);
-    uploadedBytes += stored.length;
-    uploadedChunks++;
+    await store.putChunk(container, location, bytes);
+    policy.observeUpload(bytes.length, performance.now() - putStarted);
+    uploadedBytes += bytes.length;
+    uploaded.push(location);
+  };
+
+  const flushGroup = async () => {
+    const pending = group;
+    group = [];
+    if (pending.length === 0 || failure) return;
+    try {
+      // One request registers the whole group, before any of its data is written (see ChunkState).
+      await store.indexChunks(container, pending.map((p) => p.location), 'pending');
+    } catch (error) {
+      failure ??= { error };
+      return;
+    }
+    for (const { location, bytes } of pending) {
+      const put = upload(location, bytes).catch((error: unknown) => {
+        failure ??= { error };
+      });
+      inFlight.add(put);
+      void put.finally(() => inFlight.delete(put));
+      if (inFlight.size >= concurrency) await Promise.race(inFlight);
+    }
   };
 
   const files: SnapshotFile[] = [];
@@ -120,34 +143,33 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     for await (const { data, hash } of hashedChunks(source.open())) {
       if (failure) break;
       size += data.length;
-      let location = index.get(hash);
+      let location = stored.get(hash);
       if (location) {
         reusedChunks++;
       } else {
         const encoded = await encodeWithPolicy(data, policy);
         tally.add(encoded);
         location = { hash, bucket: buckets.place(encoded.stored.length), rawSize: data.length, storedSize: encoded.stored.length, codec: encoded.codec };
-        // Recorded before it is durable so a repeat within this snapshot is not sent twice; if any upload fails
-        // the version is never committed, so nothing ever references a chunk that did not arrive.
-        index.set(hash, location);
-        const put = upload(location, encoded.stored).catch((error: unknown) => {
-          failure ??= { error };
-        });
-        inFlight.add(put);
-        void put.finally(() => inFlight.delete(put));
-        if (inFlight.size >= concurrency) await Promise.race(inFlight);
+        // Known from now on, so a repeat within this snapshot is not sent twice; if any upload fails the
+        // version is never committed, so nothing ever references a chunk that did not arrive.
+        stored.set(hash, location);
+        group.push({ location, bytes: encoded.stored });
+        if (group.length >= concurrency) await flushGroup();
       }
       chunks.push({ hash, size: data.length, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
     }
     files.push({ path: source.path, mode: source.mode, size, chunks });
     if (failure) break;
   }
+  await flushGroup();
   await Promise.all(inFlight);
   if (failure) {
     const cause = failure.error;
     throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(cause)}`, { cause });
   }
 
+  // Every chunk's data is durable now: only then may later uploads reuse them.
+  await store.indexChunks(container, uploaded, 'stored');
   const committedAt = Date.now();
   const manifest: VersionManifest = {
     container,
@@ -167,7 +189,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   };
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
-  return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks, reusedChunks };
+  return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks: uploaded.length, reusedChunks };
 }
 
 /** An upload stopped before commit; the version stays uncommitted (invisible) until GC collects it. */

@@ -23,9 +23,13 @@ export interface ChunkLocation {
   rawSize: number;
   storedSize: number;
   codec: string;
-  /** When the chunk was stored; absent for a location not read from the store. */
+  /** When the chunk was indexed; absent for a location not read from the store. */
   createdAt?: Date;
+  /** 'pending' while its upload runs (or after that upload crashed), 'stored' once durable. */
+  state?: ChunkState;
 }
+
+export type ChunkState = 'pending' | 'stored';
 
 export interface SnapshotStore {
   /** Creates the keyspace and tables if missing. */
@@ -45,12 +49,17 @@ export interface SnapshotStore {
   latestCommitted(container: string): Promise<VersionRecord | undefined>;
   deleteVersion(container: string, version: number): Promise<void>;
 
-  /** The chunks the container already has, by hash: those are never uploaded again. */
+  /** The container's indexed chunks by hash, pending ones included; only stored ones may be reused. */
   chunkIndex(container: string): Promise<Map<string, ChunkLocation>>;
   /** Buckets co-located with the container's home partition (see placement.ts), in increasing order. */
   buckets(container: string, count: number, after?: number): number[];
-  /** Stores a chunk's (possibly compressed) bytes on both replicas, then records it in the chunk index. */
+  /** Stores a chunk's (possibly compressed) bytes on both replicas; index it as pending first. */
   putChunk(container: string, location: ChunkLocation, data: Buffer): Promise<void>;
+  /**
+   * Records chunks in the container's chunk index: 'pending' before their data is written (so a crashed
+   * upload's chunks can be found and collected), 'stored' once it is durable (so later uploads reuse them).
+   */
+  indexChunks(container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void>;
   /**
    * Reads a chunk's stored bytes. With `fromHost`, only that replica is asked (to re-read a copy that failed
    * verification from the other replica).

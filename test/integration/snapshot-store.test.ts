@@ -65,12 +65,14 @@ describe('the Cassandra snapshot store', () => {
     const [bucket] = store.buckets(container, 1);
     const a = chunk('alpha');
     const b = chunk('beta');
-    for (const c of [a, b]) {
-      await store.putChunk(container, { hash: c.hash, bucket: bucket!, rawSize: c.data.length, storedSize: c.data.length, codec: 'none' }, c.data);
-    }
+    const locations = [a, b].map((c) => ({ hash: c.hash, bucket: bucket!, rawSize: c.data.length, storedSize: c.data.length, codec: 'none' }));
+    await store.indexChunks(container, locations, 'pending');
+    for (const [i, c] of [a, b].entries()) await store.putChunk(container, locations[i]!, c.data);
+    expect([...(await store.chunkIndex(container)).values()].map((l) => l.state)).toEqual(['pending', 'pending']);
+    await store.indexChunks(container, locations, 'stored');
     const index = await store.chunkIndex(container);
     expect([...index.keys()].sort()).toEqual([a.hash, b.hash].sort());
-    expect(index.get(a.hash)).toMatchObject({ hash: a.hash, bucket, rawSize: a.data.length, storedSize: a.data.length, codec: 'none' });
+    expect(index.get(a.hash)).toMatchObject({ hash: a.hash, bucket, rawSize: a.data.length, storedSize: a.data.length, codec: 'none', state: 'stored' });
     expect(index.get(a.hash)?.createdAt).toBeInstanceOf(Date);
 
     const replicas = store.replicas(container);

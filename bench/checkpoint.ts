@@ -1,0 +1,163 @@
+// npm run bench:checkpoint — checkpoint cost on the real testbed (3 Cassandra nodes, LXC, CRIU), with its
+// baselines measured in the same run: a raw lxc-checkpoint dump and restore to local disk, and the same bytes
+// written to the same keyspace by a bare driver loop. Sizes from LXCR_BENCH_SIZES (MiB, default 64,256,1024).
+// Prints a table per size and, last, one JSON line with the ratios for the largest size.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import cassandra from 'cassandra-driver';
+import { checkpointToStore, restoreFromStore } from '../src/checkpoint/procedures.ts';
+import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
+import { CompressionPolicy } from '../src/storage/codec.ts';
+import { mapBounded } from '../src/util/concurrency.ts';
+import { createLogger } from '../src/util/log.ts';
+import { CQL_PORT, LOCAL_DATACENTER } from '../testcontainers/cassandra.ts';
+import { createCounterContainer, dirtyMemory, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
+import { Testbed } from '../testcontainers/testbed.ts';
+
+const MiB = 1024 * 1024;
+const KEYSPACE = 'lxcr_bench';
+const CONCURRENCY = 4;
+const sizes = (process.env.LXCR_BENCH_SIZES ?? '64,256,1024').split(',').map(Number);
+const log = (line: string) => process.stderr.write(`${line}\n`);
+const mibps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
+
+interface SizeResult {
+  sizeMiB: number;
+  rawDumpMs: number;
+  rawRestoreMs: number;
+  imageMiB: number;
+  freezeMs: number;
+  uploadMs: number;
+  uploadedMiB: number;
+  uploadMiBps: number;
+  bareLoopMiBps: number;
+  durableMs: number;
+  compression: Record<string, number>;
+  incrementalUploadedMiB: number;
+  restoreFromStoreMs: number;
+}
+
+/** The baseline: the same number of bytes as 1 MiB blobs, at the same consistency and concurrency. */
+async function bareLoop(client: cassandra.Client, bytes: number): Promise<number> {
+  const blobs = Math.max(1, Math.round(bytes / MiB));
+  const payloads = Array.from({ length: Math.min(blobs, 8) }, () => randomBytes(MiB));
+  const started = performance.now();
+  await mapBounded(Array.from({ length: blobs }, (_, i) => i), CONCURRENCY, async (i) => {
+    await client.execute(`INSERT INTO ${KEYSPACE}.bare (k, i, v) VALUES (?, ?, ?)`, ['bench', i, payloads[i % payloads.length]], {
+      prepare: true,
+      consistency: cassandra.types.consistencies.two,
+    });
+  });
+  return mibps(blobs * MiB, performance.now() - started);
+}
+
+async function benchSize(testbed: Testbed, client: cassandra.Client, store: CassandraSnapshotStore, sizeMiB: number, staging: string): Promise<SizeResult> {
+  const host = testbed.host(1);
+  const runtime = runtimeFor(host);
+  const name = `bench-${sizeMiB}`;
+  await createCounterContainer(host, name, { memoryMiB: sizeMiB });
+  await startContainer(host, name);
+  await waitRunning(host, name, 120_000);
+
+  // Baseline: a raw dump to local disk the way ours runs (the container keeps running), then the container is
+  // killed and restored from those images on the same host.
+  const rawDir = join(staging, `${name}-raw`);
+  const rawDump = await runtime.checkpoint(name, rawDir, { stop: false });
+  await runtime.stop(name, { kill: true });
+  const rawRestore = await runtime.restore(name, rawDir);
+  rmSync(rawDir, { recursive: true, force: true });
+
+  const policy = new CompressionPolicy();
+  const first = await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging });
+  const uploadMs = first.manifest.timings.uploadMs;
+
+  await dirtyMemory(host, name, Math.max(1, Math.round(sizeMiB / 10)));
+  const second = await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging });
+
+  const bareLoopMiBps = await bareLoop(client, first.uploadedBytes);
+
+  await runtime.stop(name, { kill: true });
+  await runtime.destroy(name);
+  const restoreStarted = performance.now();
+  await restoreFromStore({ runtime, store, container: name, stagingDir: staging });
+  const restoreFromStoreMs = performance.now() - restoreStarted;
+  await runtime.stop(name, { kill: true });
+  await runtime.destroy(name);
+
+  return {
+    sizeMiB,
+    rawDumpMs: rawDump.dumpMs,
+    rawRestoreMs: rawRestore.restoreMs,
+    imageMiB: rawDump.imageBytes / MiB,
+    freezeMs: first.dumpMs,
+    uploadMs,
+    uploadedMiB: first.uploadedBytes / MiB,
+    uploadMiBps: mibps(first.uploadedBytes, uploadMs),
+    bareLoopMiBps,
+    durableMs: first.dumpMs + uploadMs,
+    compression: first.manifest.compression.reasons,
+    incrementalUploadedMiB: second.uploadedBytes / MiB,
+    restoreFromStoreMs,
+  };
+}
+
+const round = (n: number, digits = 2) => Number(n.toFixed(digits));
+
+async function main(): Promise<void> {
+  const staging = mkdtempSync('/var/tmp/lxcr-bench-');
+  const testbed = await Testbed.start({ name: 'bench', subnet: 30, hosts: 3, logger: createLogger('bench', 'warn') });
+  const client = new cassandra.Client({
+    contactPoints: testbed.contactPoints,
+    localDataCenter: LOCAL_DATACENTER,
+    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
+    socketOptions: { readTimeout: 60_000 },
+  });
+  const results: SizeResult[] = [];
+  try {
+    await client.connect();
+    const store = new CassandraSnapshotStore({ client, keyspace: KEYSPACE });
+    await store.ensureSchema();
+    await client.execute(`CREATE TABLE IF NOT EXISTS ${KEYSPACE}.bare (k text, i int, v blob, PRIMARY KEY (k, i))`);
+    await testbed.ring.waitSchemaAgreement();
+    for (const size of sizes) {
+      log(`--- ${size} MiB container`);
+      const r = await benchSize(testbed, client, store, size, staging);
+      results.push(r);
+      log(
+        [
+          `raw lxc-checkpoint: dump ${round(r.rawDumpMs)} ms (${round(r.imageMiB)} MiB of images), restore ${round(r.rawRestoreMs)} ms`,
+          `checkpoint: frozen ${round(r.freezeMs)} ms, uploaded ${round(r.uploadedMiB)} MiB in ${round(r.uploadMs)} ms = ${round(r.uploadMiBps)} MiB/s (bare driver loop ${round(r.bareLoopMiBps)} MiB/s), durable after ${round(r.durableMs)} ms`,
+          `compression decisions: ${JSON.stringify(r.compression)}`,
+          `second checkpoint after ~10% of memory changed: uploaded ${round(r.incrementalUploadedMiB)} MiB`,
+          `restore from Cassandra (download, verify, lay out, lxc-checkpoint -r): ${round(r.restoreFromStoreMs)} ms`,
+        ].join('\n'),
+      );
+    }
+  } finally {
+    await client.shutdown();
+    await testbed.teardown();
+    rmSync(staging, { recursive: true, force: true });
+  }
+  const largest = results.at(-1)!;
+  const summary: Record<string, number> = {
+    size_mib: largest.sizeMiB,
+    freeze_ratio: round(largest.freezeMs / largest.rawDumpMs, 3),
+    upload_ratio: round(largest.uploadMiBps / largest.bareLoopMiBps, 3),
+    incremental_upload_ratio: round(largest.incrementalUploadedMiB / largest.uploadedMiB, 3),
+    restore_ratio: round(largest.restoreFromStoreMs / largest.rawRestoreMs, 3),
+  };
+  for (const r of results) {
+    summary[`upload_mibps_${r.sizeMiB}`] = round(r.uploadMiBps);
+    summary[`bare_loop_mibps_${r.sizeMiB}`] = round(r.bareLoopMiBps);
+    summary[`freeze_ms_${r.sizeMiB}`] = round(r.freezeMs);
+    summary[`raw_dump_ms_${r.sizeMiB}`] = round(r.rawDumpMs);
+    summary[`durable_ms_${r.sizeMiB}`] = round(r.durableMs);
+    summary[`restore_from_store_ms_${r.sizeMiB}`] = round(r.restoreFromStoreMs);
+    summary[`raw_restore_ms_${r.sizeMiB}`] = round(r.rawRestoreMs);
+    summary[`incremental_upload_ratio_${r.sizeMiB}`] = round(r.incrementalUploadedMiB / r.uploadedMiB, 3);
+  }
+  process.stdout.write(`${JSON.stringify(summary)}\n`);
+}
+
+await main();
