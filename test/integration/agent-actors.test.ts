@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostSupervisor } from '../../src/actors/host-supervisor.ts';
-import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { NotFoundError } from '../../src/util/errors.ts';
 import { run } from '../../src/util/exec.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 const host = testbed.host(2);
@@ -29,11 +29,7 @@ async function until<T>(what: string, probe: () => Promise<T | undefined> | T | 
 }
 
 beforeAll(async () => {
-  client = clientFor(testbed);
-  await client.connect();
-  store = new CassandraSnapshotStore({ client, keyspace: 'agent_test' });
-  await store.ensureSchema();
-  await testbed.ring.waitSchemaAgreement();
+  ({ client, store } = await connectStore(testbed, 'agent_test'));
   await createCounterContainer(host, CONTAINER);
   await startContainer(host, CONTAINER);
   await waitRunning(host, CONTAINER);
@@ -45,10 +41,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   supervisor?.stop();
-  if (await runtime.exists(CONTAINER)) {
-    await runtime.stop(CONTAINER, { kill: true });
-    await runtime.destroy(CONTAINER);
-  }
+  await removeContainer(runtime, CONTAINER);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });

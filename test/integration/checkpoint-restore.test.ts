@@ -2,11 +2,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkpointToStore, restoreFromStore } from '../../src/checkpoint/procedures.ts';
-import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { AlreadyExistsError } from '../../src/util/errors.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 const host = testbed.host(1);
@@ -18,21 +18,14 @@ let store: CassandraSnapshotStore;
 const policy = new CompressionPolicy();
 
 beforeAll(async () => {
-  client = clientFor(testbed);
-  await client.connect();
-  store = new CassandraSnapshotStore({ client, keyspace: 'checkpoint_test' });
-  await store.ensureSchema();
-  await testbed.ring.waitSchemaAgreement();
+  ({ client, store } = await connectStore(testbed, 'checkpoint_test'));
   await createCounterContainer(host, CONTAINER);
   await startContainer(host, CONTAINER);
   await waitRunning(host, CONTAINER);
 });
 
 afterAll(async () => {
-  if (await runtime.exists(CONTAINER)) {
-    await runtime.stop(CONTAINER, { kill: true });
-    await runtime.destroy(CONTAINER);
-  }
+  await removeContainer(runtime, CONTAINER);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });

@@ -5,11 +5,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { collectGarbage } from '../../src/storage/gc.ts';
 import { downloadSnapshot, uploadSnapshot } from '../../src/storage/snapshots.ts';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
 const KEYSPACE = 'gc_test';
 const MiB = 1024 * 1024;
@@ -20,11 +20,7 @@ const scratch = mkdtempSync(join(tmpdir(), 'lxcr-gc-'));
 const sha = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 beforeAll(async () => {
-  client = clientFor(testbed);
-  await client.connect();
-  store = new CassandraSnapshotStore({ client, keyspace: KEYSPACE });
-  await store.ensureSchema();
-  await testbed.ring.waitSchemaAgreement();
+  ({ client, store } = await connectStore(testbed, KEYSPACE));
 });
 
 afterAll(async () => {

@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { downloadSnapshot, uploadSnapshot, type SnapshotSource } from '../../src/storage/snapshots.ts';
 import type { SnapshotStore } from '../../src/storage/store.ts';
 import { FailedPreconditionError, IntegrityError, NotFoundError } from '../../src/util/errors.ts';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
 const KEYSPACE = 'roundtrip_test';
 const testbed = sharedTestbed();
@@ -18,11 +18,7 @@ let store: CassandraSnapshotStore;
 const scratch = mkdtempSync(join(tmpdir(), 'lxcr-roundtrip-'));
 
 beforeAll(async () => {
-  client = clientFor(testbed);
-  await client.connect();
-  store = new CassandraSnapshotStore({ client, keyspace: KEYSPACE });
-  await store.ensureSchema();
-  await testbed.ring.waitSchemaAgreement();
+  ({ client, store } = await connectStore(testbed, KEYSPACE));
 });
 
 afterAll(async () => {

@@ -1,20 +1,16 @@
 import { createHash } from 'node:crypto';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
-import { clientFor, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 
 beforeAll(async () => {
-  client = clientFor(testbed);
-  await client.connect();
-  store = new CassandraSnapshotStore({ client, keyspace: 'store_test' });
-  await store.ensureSchema();
-  await testbed.ring.waitSchemaAgreement();
+  ({ client, store } = await connectStore(testbed, 'store_test'));
 });
 
 afterAll(async () => {

@@ -1,6 +1,8 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
+import type { ContainerRuntime } from '../../src/runtime/runtime.ts';
+import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CQL_PORT, LOCAL_DATACENTER, LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
@@ -43,4 +45,22 @@ export async function nodesHoldingTable(testbed: Testbed, keyspace: string, tabl
     if (sstables.length > 0) holders.push(node.address);
   }
   return holders.sort();
+}
+
+/** A connected client and a snapshot store on its own keyspace of the testbed, schema created and agreed. */
+export async function connectStore(testbed: Testbed, keyspace: string): Promise<{ client: cassandra.Client; store: CassandraSnapshotStore }> {
+  const client = clientFor(testbed);
+  await client.connect();
+  const store = new CassandraSnapshotStore({ client, keyspace });
+  await store.ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+  return { client, store };
+}
+
+/** Kills and destroys a test's container if it exists. */
+export async function removeContainer(runtime: ContainerRuntime, name: string): Promise<void> {
+  if (await runtime.exists(name)) {
+    await runtime.stop(name, { kill: true });
+    await runtime.destroy(name);
+  }
 }
