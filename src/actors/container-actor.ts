@@ -94,13 +94,13 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
           log.error('checkpoint failed', { error: errorMessage(err) });
           return errorReply(err);
         });
-        if (message.replyTo) tell(message.replyTo, reply, `reply to checkpoint of ${container}`);
+        if (message.replyTo) tell(message.replyTo, reply);
       } else {
         const reply = await recover().then(replyOf, (err: unknown) => {
           log.error('recovery failed', { error: errorMessage(err) });
           return errorReply(err);
         });
-        if (message.replyTo) tell(message.replyTo, reply, `reply to recovery of ${container}`);
+        if (message.replyTo) tell(message.replyTo, reply);
       }
       return undefined;
     },
@@ -118,7 +118,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   const tick = () => {
     if (scheduledWaiting) return;
     scheduledWaiting = true;
-    tell(ref, { type: 'checkpoint', scheduled: true }, `scheduled checkpoint of ${container}`);
+    tell(ref, { type: 'checkpoint', scheduled: true });
   };
   let task: ScheduledTask | undefined;
   let timer: NodeJS.Timeout | undefined;

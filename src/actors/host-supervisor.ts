@@ -61,8 +61,8 @@ export class HostSupervisor {
         },
       },
     );
-    this.poller = setInterval(() => tell(this.actor, { type: 'poll' }, 'supervisor poll'), options.pollMs ?? 2000);
-    tell(this.actor, { type: 'poll' }, 'supervisor poll');
+    this.poller = setInterval(() => tell(this.actor, { type: 'poll' }), options.pollMs ?? 2000);
+    tell(this.actor, { type: 'poll' });
   }
 
   /** Reads every container's state and reacts: adopt the running ones, recover the crashed ones. */
@@ -79,7 +79,7 @@ export class HostSupervisor {
       if (actor && state === 'STOPPED' && (previous === 'RUNNING' || previous === 'FROZEN')) {
         this.lastStates.set(name, 'CRASHED');
         this.log.warn('container stopped without being asked to: restoring it from its last committed snapshot', { container: name });
-        tell(actor.ref, { type: 'recover' } satisfies ContainerMessage, `recovery of ${name}`);
+        tell(actor.ref, { type: 'recover' } satisfies ContainerMessage);
         continue;
       }
       if (previous !== 'CRASHED' || state === 'RUNNING') this.lastStates.set(name, state);

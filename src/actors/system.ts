@@ -3,8 +3,8 @@ import { FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type Er
 
 /**
  * A thin typed layer over nact, whose own typings are loose: systems are always named, queries always have a
- * timeout that ends in a TimeoutError, a message to a stopped actor fails loudly, and actors answer with a
- * Reply instead of throwing (nact would otherwise leave the asker waiting until its timeout).
+ * timeout that ends in a TimeoutError, asking a stopped actor fails at once, and actors answer with a Reply
+ * instead of throwing (nact would otherwise leave the asker waiting until its timeout).
  */
 
 export type { Ref };
@@ -34,13 +34,12 @@ export class ActorReplyError extends LxcrError {
   }
 }
 
-/** Sends a message; throws (instead of nact's silent drop or generic error) when the actor is stopped. */
-export function tell<T>(actor: Ref<T>, message: T, what: string): void {
-  try {
-    dispatch(actor, message);
-  } catch (err) {
-    throw new FailedPreconditionError(`${what}: its actor is stopped (${errorMessage(err)})`, { cause: err });
-  }
+/**
+ * Sends a message and forgets it. nact drops a message to a stopped actor without a word, so a caller that
+ * needs to know whether it arrived must {@link ask} instead (which fails for a stopped actor).
+ */
+export function tell<T>(actor: Ref<T>, message: T): void {
+  dispatch(actor, message);
 }
 
 /** Asks an actor and waits for its Reply, at most `timeoutMs`; a failed Reply is thrown with its code. */

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkpointToStore, restoreFromStore } from '../../src/checkpoint/procedures.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
+import { bucketRoutingKey } from '../../src/storage/placement.ts';
 import { AlreadyExistsError } from '../../src/util/errors.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
@@ -38,6 +39,13 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     const atDump = await readCounter(host, CONTAINER);
     expect(first.version).toBe(1);
     expect(first.manifest.files.map((f) => f.path)).toEqual(expect.arrayContaining(['config', 'rootfs.tar', 'images/inventory.img']));
+    // Every chunk of the committed version lives on exactly the container's two home replicas.
+    const home = store.replicas(CONTAINER);
+    expect(home).toHaveLength(2);
+    for (const chunk of first.manifest.files.flatMap((f) => f.chunks)) {
+      const replicas = client.getReplicas('checkpoint_test', bucketRoutingKey(CONTAINER, chunk.bucket)).map((h) => h.address.split(':')[0]);
+      expect(replicas).toEqual(home);
+    }
 
     await runtime.destroy(CONTAINER); // everything local is gone: only Cassandra has it
     const restored = await restoreFromStore({ runtime, store, container: CONTAINER, stagingDir: staging });
