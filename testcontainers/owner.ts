@@ -1,5 +1,6 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { readProcStatSync } from '../src/util/proc.ts';
 
 /**
  * Who owns a testbed run directory: the PID and kernel start time of the process that created it. A run
@@ -12,19 +13,9 @@ export interface RunOwner {
 
 const OWNER_FILE = 'owner.json';
 
-export function processStartTime(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 22 (starttime), counted after the parenthesised command name.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    return undefined;
-  }
-}
-
 export function claimRunDir(runDir: string): void {
   mkdirSync(runDir, { recursive: true });
-  const owner: RunOwner = { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
+  const owner: RunOwner = { pid: process.pid, startTime: readProcStatSync(process.pid)?.startTime ?? '' };
   writeFileSync(join(runDir, OWNER_FILE), JSON.stringify(owner));
 }
 
@@ -37,7 +28,7 @@ export function readOwner(runDir: string): RunOwner | undefined {
 }
 
 export function ownerAlive(owner: RunOwner | undefined): boolean {
-  return owner !== undefined && processStartTime(owner.pid) === owner.startTime;
+  return owner !== undefined && readProcStatSync(owner.pid)?.startTime === owner.startTime;
 }
 
 export function listRunDirs(rootDir: string): string[] {

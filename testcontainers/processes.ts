@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readProcStatSync } from '../src/util/proc.ts';
 
 /**
  * Process bookkeeping for the testbed. Every process the testbed starts is recorded by PID together with a
@@ -20,18 +21,7 @@ export function commandLine(pid: number): string | undefined {
 export function isOurs(pid: number, marker: string): boolean {
   const cmd = commandLine(pid);
   if (cmd === undefined || !cmd.includes(marker)) return false;
-  return processState(pid) !== 'Z';
-}
-
-/** The one-letter state from /proc/PID/stat (R, S, T for stopped, Z for zombie, ...), or undefined if gone. */
-export function processState(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name is parenthesised and may contain spaces; the state follows the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-  } catch {
-    return undefined;
-  }
+  return readProcStatSync(pid)?.state !== 'Z';
 }
 
 /** Sends `signal` to `pid` if it is still ours. Returns whether it was sent. */

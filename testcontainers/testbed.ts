@@ -3,10 +3,10 @@ import { join } from 'node:path';
 import { TestbedError, errorMessage } from '../src/util/errors.ts';
 import { createLogger, type Logger } from '../src/util/log.ts';
 import { DockerCassandraRing } from './cassandra-docker.ts';
-import { LocalCassandraRing, type CassandraNode, type CassandraRing } from './cassandra.ts';
+import { LocalCassandraRing, jvmMarker, recordedJvm, type CassandraRing } from './cassandra.ts';
 import { cleanupLxcHosts } from './lxc.ts';
 import { claimRunDir, listRunDirs, ownerAlive, readOwner, removeRunDir } from './owner.ts';
-import { isOurs, killAndWait } from './processes.ts';
+import { killAndWait } from './processes.ts';
 
 /**
  * The local testbed: N simulated hosts on one machine. Host i is a real Cassandra node on 127.0.S.i plus its
@@ -121,10 +121,6 @@ export class Testbed {
     return host;
   }
 
-  cassandraNode(index: number): CassandraNode {
-    return this.ring.node(index);
-  }
-
   /**
    * Brings up a fresh testbed: cleans a crashed earlier run's leftovers, then starts the ring and waits until
    * it is ready. On any failure nothing is left running.
@@ -193,14 +189,8 @@ async function teardownRunDir(runDir: string, logger: Logger): Promise<void> {
   if (existsSync(cassandraDir)) {
     for (const entry of readdirSync(cassandraDir)) {
       const nodeDir = join(cassandraDir, entry);
-      const marker = `-Dcassandra.storagedir=${join(nodeDir, 'data')}`;
-      let pid: number;
-      try {
-        pid = Number(readFileSync(join(nodeDir, 'pid'), 'utf8'));
-      } catch {
-        continue;
-      }
-      if (isOurs(pid, marker) && !(await killAndWait(pid, marker))) {
+      const pid = recordedJvm(nodeDir);
+      if (pid !== undefined && !(await killAndWait(pid, jvmMarker(nodeDir)))) {
         problems.push(`Cassandra ${entry} (pid ${pid}) did not exit after SIGKILL`);
       }
     }

@@ -85,22 +85,23 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   // A scheduled tick while one is already waiting is dropped: slow uploads never pile up checkpoints.
   let scheduledWaiting = false;
 
+  /** Runs one step and answers with its outcome; a failure is logged and answered, never thrown. */
+  const answer = async <T>(what: string, step: () => Promise<T>, replyTo: Ref<Reply<T>> | undefined) => {
+    const reply = await step().then(replyOf, (err: unknown) => {
+      log.error(`${what} failed`, { error: errorMessage(err) });
+      return errorReply(err);
+    });
+    if (replyTo) tell(replyTo, reply);
+  };
+
   const ref = spawn(
     parent,
     async (_state: undefined, message: ContainerMessage) => {
       if (message.type === 'checkpoint') {
         if (message.scheduled) scheduledWaiting = false;
-        const reply = await checkpoint().then(replyOf, (err: unknown) => {
-          log.error('checkpoint failed', { error: errorMessage(err) });
-          return errorReply(err);
-        });
-        if (message.replyTo) tell(message.replyTo, reply);
+        await answer('checkpoint', checkpoint, message.replyTo);
       } else {
-        const reply = await recover().then(replyOf, (err: unknown) => {
-          log.error('recovery failed', { error: errorMessage(err) });
-          return errorReply(err);
-        });
-        if (message.replyTo) tell(message.replyTo, reply);
+        await answer('recovery', recover, message.replyTo);
       }
       return undefined;
     },

@@ -22,6 +22,7 @@ import {
 } from '../util/errors.ts';
 import { run, type RunOptions } from '../util/exec.ts';
 import { createLogger, type Logger } from '../util/log.ts';
+import { readProcStat, type ProcStat } from '../util/proc.ts';
 import { checkCriu, findOnPath, readCriuLogErrors, resolveCriuPath } from './criu.ts';
 import {
   CONTAINER_DIR_PLACEHOLDER,
@@ -121,34 +122,15 @@ interface ProcessIdentity {
   startTime: string;
 }
 
-interface ProcessStat extends ProcessIdentity {
-  parentPid: number;
-}
-
-async function readProcessStat(pid: number): Promise<ProcessStat | undefined> {
-  let text: string;
-  try {
-    text = await readFile(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  // Fields after the parenthesised command name (which may itself contain spaces and parentheses):
-  // state, ppid, ... with starttime the 20th of them (field 22 of proc(5)).
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  const parentPid = Number(fields[1]);
-  const startTime = fields[19];
-  return startTime === undefined ? undefined : { pid, parentPid, startTime };
-}
-
 /** Whether the process is still in the process table, as a zombie or alive. */
 async function isStillPresent(identity: ProcessIdentity): Promise<boolean> {
-  return (await readProcessStat(identity.pid))?.startTime === identity.startTime;
+  return (await readProcStat(identity.pid))?.startTime === identity.startTime;
 }
 
 /** The process `rootPid` and all its descendants. */
-async function processTree(rootPid: number): Promise<ProcessStat[]> {
+async function processTree(rootPid: number): Promise<ProcStat[]> {
   const pids = (await readdir('/proc')).filter((entry) => /^\d+$/.test(entry)).map(Number);
-  const stats = (await Promise.all(pids.map(readProcessStat))).filter((s): s is ProcessStat => s !== undefined);
+  const stats = (await Promise.all(pids.map(readProcStat))).filter((s): s is ProcStat => s !== undefined);
   const tree = stats.filter((s) => s.pid === rootPid);
   for (let i = 0; i < tree.length; i++) {
     tree.push(...stats.filter((s) => s.parentPid === tree[i]?.pid));
@@ -522,7 +504,7 @@ export class LxcRuntime implements ContainerRuntime {
     const initPid = Number(stdout.trim());
     if (!Number.isInteger(initPid) || initPid <= 0) return [];
     const tree = await processTree(initPid);
-    const monitor = tree[0] ? await readProcessStat(tree[0].parentPid) : undefined;
+    const monitor = tree[0] ? await readProcStat(tree[0].parentPid) : undefined;
     return (monitor ? [monitor, ...tree] : tree).map(({ pid, startTime }) => ({ pid, startTime }));
   }
 
