@@ -1,5 +1,7 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
+import { contentionBackoffMs, isPaxosTimeout } from './lwt.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
 import type { ChunkLocation, ChunkState, SnapshotStore, VersionRecord, VersionState } from './store.ts';
@@ -28,8 +30,9 @@ const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: 
 /** Index rows per batch: ~100 bytes each, far below the batch size warning threshold. */
 const INDEX_BATCH = 200;
 
-/** How many times a version allocation retries after losing a race to another writer. */
-const MAX_ALLOCATION_ATTEMPTS = 10;
+/** How many times a version allocation tries before giving up on races lost or Paxos timeouts. */
+const MAX_ALLOCATION_ATTEMPTS = 12;
+const LOST_RACE = -1;
 
 export class CassandraSnapshotStore implements SnapshotStore {
   private readonly client: cassandra.Client;
@@ -58,34 +61,51 @@ export class CassandraSnapshotStore implements SnapshotStore {
 
   async beginVersion(container: string, sourceHost: string): Promise<number> {
     for (let attempt = 0; attempt < MAX_ALLOCATION_ATTEMPTS; attempt++) {
-      const current = await this.client.execute(
-        `SELECT next_version FROM ${this.keyspace}.manifests WHERE container = ? LIMIT 1`,
-        [container],
-        { prepare: true, consistency: consistencies.serial },
-      );
-      const next = current.first()?.['next_version'] as cassandra.types.Long | null | undefined;
-      const version = next ? next.toNumber() : 1;
-      const claim = next
-        ? await this.client.execute(
-            `UPDATE ${this.keyspace}.manifests SET next_version = ? WHERE container = ? IF next_version = ?`,
-            [version + 1, container, version],
-            LWT,
-          )
-        : await this.client.execute(
-            `INSERT INTO ${this.keyspace}.manifests (container, next_version) VALUES (?, ?) IF NOT EXISTS`,
-            [container, version + 1],
-            LWT,
-          );
-      if (claim.first()?.['[applied]'] === true) {
-        await this.client.execute(
-          `INSERT INTO ${this.keyspace}.manifests (container, version, state, source_host, created_at) VALUES (?, ?, ?, ?, ?)`,
-          [container, version, 'uploading' satisfies VersionState, sourceHost, new Date()],
-          WRITE,
-        );
-        return version;
+      if (attempt > 0) await sleep(contentionBackoffMs(attempt));
+      let version: number;
+      try {
+        version = await this.claimNextVersion(container);
+      } catch (error) {
+        // A Paxos timeout leaves the claim's outcome unknown. Re-reading and claiming again is safe: if the
+        // timed-out claim did apply, its number is simply skipped, never handed out twice.
+        if (isPaxosTimeout(error)) continue;
+        throw error;
       }
+      if (version === LOST_RACE) continue;
+      await this.client.execute(
+        `INSERT INTO ${this.keyspace}.manifests (container, version, state, source_host, created_at) VALUES (?, ?, ?, ?, ?)`,
+        [container, version, 'uploading' satisfies VersionState, sourceHost, new Date()],
+        WRITE,
+      );
+      return version;
     }
-    throw new UnavailableError(`could not allocate a version of ${container}: ${MAX_ALLOCATION_ATTEMPTS} races lost to other writers`);
+    throw new UnavailableError(
+      `could not allocate a version of ${container}: ${MAX_ALLOCATION_ATTEMPTS} attempts lost races to other writers or timed out; ` +
+        'check that both replica hosts of the container are up',
+    );
+  }
+
+  /** One compare-and-set of the next_version counter: the claimed number, or LOST_RACE. */
+  private async claimNextVersion(container: string): Promise<number> {
+    const current = await this.client.execute(
+      `SELECT next_version FROM ${this.keyspace}.manifests WHERE container = ? LIMIT 1`,
+      [container],
+      { prepare: true, consistency: consistencies.serial },
+    );
+    const next = current.first()?.['next_version'] as cassandra.types.Long | null | undefined;
+    const version = next ? next.toNumber() : 1;
+    const claim = next
+      ? await this.client.execute(
+          `UPDATE ${this.keyspace}.manifests SET next_version = ? WHERE container = ? IF next_version = ?`,
+          [version + 1, container, version],
+          LWT,
+        )
+      : await this.client.execute(
+          `INSERT INTO ${this.keyspace}.manifests (container, next_version) VALUES (?, ?) IF NOT EXISTS`,
+          [container, version + 1],
+          LWT,
+        );
+    return claim.first()?.['[applied]'] === true ? version : LOST_RACE;
   }
 
   async commitVersion(container: string, version: number, manifest: Buffer): Promise<void> {

@@ -1,0 +1,27 @@
+import cassandra from 'cassandra-driver';
+
+const { responseErrorCodes, consistencies } = cassandra.types;
+
+/**
+ * Whether `error` is a Paxos round that timed out: a CAS write timeout, or a SERIAL read timeout. Under
+ * contention (several writers racing for the same partition) Cassandra answers this way instead of "not
+ * applied"; the outcome of a timed-out CAS is unknown, so the caller must re-read before deciding anything.
+ * The driver's default retry policy does not retry these (it cannot know the statement is safe to repeat).
+ */
+export function isPaxosTimeout(error: unknown): boolean {
+  if (!(error instanceof cassandra.errors.ResponseError)) return false;
+  const detail = error as cassandra.errors.ResponseError & { writeType?: string; consistencies?: number };
+  if (error.code === responseErrorCodes.writeTimeout) return detail.writeType === 'CAS';
+  if (error.code === responseErrorCodes.readTimeout) {
+    return detail.consistencies === consistencies.serial || detail.consistencies === consistencies.localSerial;
+  }
+  return false;
+}
+
+/**
+ * Backoff before the next attempt of a lightweight transaction that lost a race or timed out: exponential with
+ * full jitter, so racing writers spread out instead of colliding again in lock step.
+ */
+export function contentionBackoffMs(attempt: number, baseMs = 20, capMs = 1000): number {
+  return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
+}
