@@ -11,8 +11,9 @@ const { responseErrorCodes, consistencies } = cassandra.types;
 export function isPaxosTimeout(error: unknown): boolean {
   if (!(error instanceof cassandra.errors.ResponseError)) return false;
   const detail = error as cassandra.errors.ResponseError & { writeType?: string; consistencies?: number };
-  if (error.code === responseErrorCodes.writeTimeout) return detail.writeType === 'CAS';
-  if (error.code === responseErrorCodes.readTimeout) {
+  const code: number = error.code;
+  if (code === Number(responseErrorCodes.writeTimeout)) return detail.writeType === 'CAS';
+  if (code === Number(responseErrorCodes.readTimeout)) {
     return detail.consistencies === consistencies.serial || detail.consistencies === consistencies.localSerial;
   }
   return false;
