@@ -1,10 +1,13 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import { downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
+import { NotFoundError } from '../util/errors.ts';
 
 /**
  * The two procedures the agent runs on a container, built from a runtime and a snapshot store:
@@ -20,29 +23,34 @@ const IMAGES = 'images';
 const CONFIG = 'config';
 const ROOTFS_TAR = 'rootfs.tar';
 
-export interface CheckpointToStoreOptions {
-  runtime: ContainerRuntime;
-  store: SnapshotStore;
-  policy: CompressionPolicy;
+/** A dump waiting in local staging to be replicated: the container already runs again (or is stopped). */
+export interface StagedSnapshot {
   container: string;
-  /** This host's id, recorded in the manifest. */
-  sourceHost: string;
-  /** A local directory for the dump; the container's files go under it and are removed afterwards. */
+  /** The staging directory holding the CRIU images; removed by {@link discardStaged}. */
+  dir: string;
+  dumpMs: number;
+  /** The snapshot's files: the images from staging, the config and the rootfs streamed from the container. */
+  sources: SnapshotSource[];
+}
+
+export interface DumpOptions {
+  runtime: ContainerRuntime;
+  container: string;
+  /** A local directory for the dump; the container's files go in a fresh directory under it. */
   stagingDir: string;
   /** Stop the container after the dump (migration); default false: it runs on after a short freeze. */
   stop?: boolean;
 }
 
-export interface CheckpointToStoreResult extends UploadResult {
-  dumpMs: number;
-}
-
-export async function checkpointToStore(options: CheckpointToStoreOptions): Promise<CheckpointToStoreResult> {
+/**
+ * The dumper's step: freezes the container only for the CRIU dump into local staging. The caller must
+ * {@link discardStaged} the result whether or not it is replicated; a failed dump leaves no staging behind.
+ */
+export async function dumpToStaging(options: DumpOptions): Promise<StagedSnapshot> {
   const { runtime, container } = options;
-  const staging = join(options.stagingDir, `${container}.checkpoint-${process.pid}-${Date.now()}`);
+  const dir = join(options.stagingDir, `${container}.checkpoint-${process.pid}-${Date.now()}`);
   try {
-    const dump = await runtime.checkpoint(container, join(staging, IMAGES), { stop: options.stop ?? false });
-    // The upload runs while the container runs again: it was frozen for the dump only.
+    const dump = await runtime.checkpoint(container, join(dir, IMAGES), { stop: options.stop ?? false });
     const exported = await runtime.exportFiles(container);
     const images = (await readdir(dump.imagesDir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
     const sources: SnapshotSource[] = [
@@ -50,17 +58,53 @@ export async function checkpointToStore(options: CheckpointToStoreOptions): Prom
       { path: CONFIG, mode: 0o640, open: () => [exported.config] },
       { path: ROOTFS_TAR, mode: 0o600, open: () => exported.openRootfsTar() },
     ];
-    const uploaded = await uploadSnapshot({
-      store: options.store,
-      container,
-      sourceHost: options.sourceHost,
-      sources,
-      policy: options.policy,
-      dumpTimings: { freezeMs: dump.dumpMs, dumpMs: dump.dumpMs },
-    });
-    return { ...uploaded, dumpMs: dump.dumpMs };
+    return { container, dir, dumpMs: dump.dumpMs, sources };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+export async function discardStaged(staged: StagedSnapshot): Promise<void> {
+  await rm(staged.dir, { recursive: true, force: true });
+}
+
+export interface ReplicateOptions {
+  store: SnapshotStore;
+  policy: CompressionPolicy;
+  /** This host's id, recorded in the manifest. */
+  sourceHost: string;
+}
+
+export interface CheckpointToStoreResult extends UploadResult {
+  dumpMs: number;
+}
+
+/**
+ * The replicator's step: chunks, compresses where that pays, uploads and commits a staged dump. It runs while
+ * the container runs again: the container was frozen for the dump only.
+ */
+export async function replicateStaged(staged: StagedSnapshot, options: ReplicateOptions): Promise<CheckpointToStoreResult> {
+  const uploaded = await uploadSnapshot({
+    store: options.store,
+    container: staged.container,
+    sourceHost: options.sourceHost,
+    sources: staged.sources,
+    policy: options.policy,
+    dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
+  });
+  return { ...uploaded, dumpMs: staged.dumpMs };
+}
+
+export type CheckpointToStoreOptions = DumpOptions & ReplicateOptions;
+
+/** One round of Algorithm 1 in one call: dump, replicate, and clean staging whatever happens. */
+export async function checkpointToStore(options: CheckpointToStoreOptions): Promise<CheckpointToStoreResult> {
+  const staged = await dumpToStaging(options);
+  try {
+    return await replicateStaged(staged, options);
   } finally {
-    await rm(staging, { recursive: true, force: true });
+    await discardStaged(staged);
   }
 }
 
@@ -71,7 +115,13 @@ export interface RestoreFromStoreOptions {
   /** A committed version; default the newest. */
   version?: number;
   stagingDir: string;
+  /** Who reads the version, recorded in its lease. Default: this process on this host. */
+  holder?: string;
+  /** The longest a restore may hold its lease on the version: GC keeps it meanwhile. Default 1 hour. */
+  leaseTtlMs?: number;
 }
+
+const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
 
 export interface RestoreFromStoreResult extends DownloadResult {
   restoreMs: number;
@@ -87,7 +137,7 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   await mkdir(staging, { recursive: true });
   let imported = false;
   try {
-    const downloaded = await downloadSnapshot({ store: options.store, container, version: options.version, targetDir: staging });
+    const downloaded = await downloadLeased(options, staging);
     await runtime.importFiles(container, { config: await readFile(join(staging, CONFIG)), rootfsTarPath: join(staging, ROOTFS_TAR) });
     imported = true;
     const restored = await runtime.restore(container, join(staging, IMAGES));
@@ -98,5 +148,28 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
     throw err;
   } finally {
     await rm(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Downloads a version under a lease, so GC cannot delete it or its chunks while they are read (see gc.ts).
+ * The newest version is resolved first and leased by number; if GC removed it in between, the next newest is
+ * tried.
+ */
+async function downloadLeased(options: RestoreFromStoreOptions, targetDir: string): Promise<DownloadResult> {
+  const { store, container } = options;
+  const holder = options.holder ?? `${hostname()}-${process.pid}-${randomUUID()}`;
+  for (let attempt = 0; ; attempt++) {
+    const version = options.version ?? (await store.latestCommitted(container))?.version;
+    // No committed version: the download reports NotFound with the container's name.
+    if (version === undefined) return downloadSnapshot({ store, container, targetDir });
+    await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
+    try {
+      return await downloadSnapshot({ store, container, version, targetDir });
+    } catch (err) {
+      if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
+    } finally {
+      await store.releaseLease(container, version, holder).catch(() => undefined); // the TTL ends it otherwise
+    }
   }
 }

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
+import { Semaphore } from '../util/concurrency.ts';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
 import { contentionBackoffMs, isPaxosTimeout } from './lwt.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
@@ -21,6 +22,11 @@ export interface CassandraStoreOptions {
   client: cassandra.Client;
   keyspace?: string;
   replication?: Replication;
+  /**
+   * Requests this store has in flight at once, across every container's uploads, downloads and GC: one store
+   * per agent bounds the load the agent puts on Cassandra. Default 16.
+   */
+  maxConcurrentRequests?: number;
 }
 
 const WRITE = { prepare: true, consistency: consistencies.two };
@@ -33,21 +39,30 @@ const INDEX_BATCH = 200;
 /** How many times a version allocation tries before giving up on races lost or Paxos timeouts. */
 const MAX_ALLOCATION_ATTEMPTS = 12;
 const LOST_RACE = -1;
+const DEFAULT_MAX_CONCURRENT_REQUESTS = 16;
 
 export class CassandraSnapshotStore implements SnapshotStore {
   private readonly client: cassandra.Client;
   private readonly keyspace: string;
   private readonly replication: Replication;
+  /** Bounds this store's requests in flight; its `waiting` is the queue depth an operator watches. */
+  readonly limiter: Semaphore;
 
   constructor(options: CassandraStoreOptions) {
     this.client = options.client;
     this.keyspace = options.keyspace ?? DEFAULT_KEYSPACE;
     this.replication = options.replication ?? DEFAULT_REPLICATION;
+    this.limiter = new Semaphore(options.maxConcurrentRequests ?? DEFAULT_MAX_CONCURRENT_REQUESTS);
+  }
+
+  /** Every request goes through here: bounded, and an unreachable cluster reported as such. */
+  private execute(query: string, params: unknown[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
+    return this.limiter.use(() => this.client.execute(query, params, options)).catch(rethrowUnreachable);
   }
 
   async ensureSchema(): Promise<void> {
     // The driver waits for schema agreement after each DDL statement before returning.
-    for (const statement of snapshotSchema(this.keyspace, this.replication)) await this.client.execute(statement);
+    for (const statement of snapshotSchema(this.keyspace, this.replication)) await this.execute(statement, [], {});
     await this.client.metadata.refreshKeyspace(this.keyspace);
   }
 
@@ -72,7 +87,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
         throw error;
       }
       if (version === LOST_RACE) continue;
-      await this.client.execute(
+      await this.execute(
         `INSERT INTO ${this.keyspace}.manifests (container, version, state, source_host, created_at) VALUES (?, ?, ?, ?, ?)`,
         [container, version, 'uploading' satisfies VersionState, sourceHost, new Date()],
         WRITE,
@@ -87,7 +102,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
 
   /** One compare-and-set of the next_version counter: the claimed number, or LOST_RACE. */
   private async claimNextVersion(container: string): Promise<number> {
-    const current = await this.client.execute(
+    const current = await this.execute(
       `SELECT next_version FROM ${this.keyspace}.manifests WHERE container = ? LIMIT 1`,
       [container],
       { prepare: true, consistency: consistencies.serial },
@@ -95,12 +110,12 @@ export class CassandraSnapshotStore implements SnapshotStore {
     const next = current.first()?.['next_version'] as cassandra.types.Long | null | undefined;
     const version = next ? next.toNumber() : 1;
     const claim = next
-      ? await this.client.execute(
+      ? await this.execute(
           `UPDATE ${this.keyspace}.manifests SET next_version = ? WHERE container = ? IF next_version = ?`,
           [version + 1, container, version],
           LWT,
         )
-      : await this.client.execute(
+      : await this.execute(
           `INSERT INTO ${this.keyspace}.manifests (container, next_version) VALUES (?, ?) IF NOT EXISTS`,
           [container, version + 1],
           LWT,
@@ -109,7 +124,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async commitVersion(container: string, version: number, manifest: Buffer): Promise<void> {
-    const existing = await this.client.execute(
+    const existing = await this.execute(
       `SELECT state FROM ${this.keyspace}.manifests WHERE container = ? AND version = ?`,
       [container, version],
       READ,
@@ -117,7 +132,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
     const state = existing.first()?.['state'] as string | undefined;
     if (state === undefined || state === null) throw new NotFoundError(`${container} has no version ${version} to commit`);
     if (state === 'committed') throw new InvalidArgumentError(`${container} version ${version} is already committed`);
-    await this.client.execute(
+    await this.execute(
       `UPDATE ${this.keyspace}.manifests SET state = ?, manifest = ?, committed_at = ? WHERE container = ? AND version = ?`,
       ['committed' satisfies VersionState, manifest, new Date(), container, version],
       WRITE,
@@ -125,7 +140,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async versions(container: string): Promise<VersionRecord[]> {
-    const result = await this.client.execute(
+    const result = await this.execute(
       `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`,
       [container],
       READ,
@@ -139,7 +154,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async deleteVersion(container: string, version: number): Promise<void> {
-    await this.client.execute(`DELETE FROM ${this.keyspace}.manifests WHERE container = ? AND version = ?`, [container, version], WRITE);
+    await this.execute(`DELETE FROM ${this.keyspace}.manifests WHERE container = ? AND version = ?`, [container, version], WRITE);
   }
 
   async chunkIndex(container: string): Promise<Map<string, ChunkLocation>> {
@@ -147,7 +162,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
     // Paged: a large container has thousands of chunks.
     let pageState: string | undefined;
     do {
-      const page = await this.client.execute(
+      const page = await this.execute(
         `SELECT hash, bucket, raw_size, stored_size, codec, state, created_at FROM ${this.keyspace}.chunk_index WHERE container = ?`,
         [container],
         { ...READ, fetchSize: 1000, pageState },
@@ -173,7 +188,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
     if (data.length !== location.storedSize) {
       throw new InvalidArgumentError(`chunk ${location.hash} of ${container}: ${data.length} bytes given, ${location.storedSize} declared`);
     }
-    await this.client.execute(
+    await this.execute(
       `INSERT INTO ${this.keyspace}.chunks (container, bucket, hash, data) VALUES (?, ?, ?, ?)`,
       [container, location.bucket, hashBytes(location.hash), data],
       WRITE,
@@ -188,7 +203,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
         query: `INSERT INTO ${this.keyspace}.chunk_index (container, hash, bucket, raw_size, stored_size, codec, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
         params: [container, hashBytes(location.hash), location.bucket, location.rawSize, location.storedSize, location.codec, state, now],
       }));
-      await this.client.batch(batch, { ...WRITE, logged: false });
+      await this.limiter.use(() => this.client.batch(batch, { ...WRITE, logged: false })).catch(rethrowUnreachable);
     }
   }
 
@@ -200,7 +215,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
       options.host = host;
     }
     try {
-      const result = await this.client.execute(
+      const result = await this.execute(
         `SELECT data FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ? AND hash = ?`,
         [container, location.bucket, hashBytes(location.hash)],
         options,
@@ -211,16 +226,53 @@ export class CassandraSnapshotStore implements SnapshotStore {
     }
   }
 
+  async leaseVersion(container: string, version: number, holder: string, ttlMs: number): Promise<void> {
+    const ttlSeconds = Math.max(1, Math.ceil(ttlMs / 1000));
+    await this.execute(
+      `INSERT INTO ${this.keyspace}.restore_leases (container, version, holder, expires_at) VALUES (?, ?, ?, ?) USING TTL ?`,
+      [container, version, holder, new Date(Date.now() + ttlSeconds * 1000), ttlSeconds],
+      WRITE,
+    );
+  }
+
+  async releaseLease(container: string, version: number, holder: string): Promise<void> {
+    await this.execute(`DELETE FROM ${this.keyspace}.restore_leases WHERE container = ? AND version = ? AND holder = ?`, [container, version, holder], WRITE);
+  }
+
+  async leasedVersions(container: string): Promise<Set<number>> {
+    const result = await this.execute(`SELECT version FROM ${this.keyspace}.restore_leases WHERE container = ?`, [container], READ);
+    return new Set(result.rows.map((row) => (row['version'] as cassandra.types.Long).toNumber()));
+  }
+
   async deleteChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void> {
     const hash = hashBytes(location.hash);
     // Index first: a chunk without an index entry is invisible to new uploads, which then store it again.
-    await this.client.execute(`DELETE FROM ${this.keyspace}.chunk_index WHERE container = ? AND hash = ?`, [container, hash], WRITE);
-    await this.client.execute(
+    await this.execute(`DELETE FROM ${this.keyspace}.chunk_index WHERE container = ? AND hash = ?`, [container, hash], WRITE);
+    await this.execute(
       `DELETE FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ? AND hash = ?`,
       [container, location.bucket, hash],
       WRITE,
     );
   }
+}
+
+/**
+ * The driver's "no host could be reached" and client-side timeouts become an UnavailableError that says
+ * which hosts were tried; Cassandra's own answers (timeouts at a consistency level, unavailable replicas)
+ * pass through unchanged, since they already say what happened and callers classify them.
+ */
+function rethrowUnreachable(error: unknown): never {
+  if (error instanceof cassandra.errors.NoHostAvailableError) {
+    const tried = Object.entries((error.innerErrors ?? {}) as Record<string, unknown>).map(([host, cause]) => `${host}: ${errorMessage(cause)}`);
+    throw new UnavailableError(
+      `Cassandra is unreachable (${tried.join('; ') || 'no host tried'}); check that this host's Cassandra node is running and listening`,
+      { cause: error },
+    );
+  }
+  if (error instanceof cassandra.errors.OperationTimedOutError) {
+    throw new UnavailableError(`Cassandra did not answer in time (${error.message}); the node may be overloaded or hung`, { cause: error });
+  }
+  throw error;
 }
 
 function hostAddress(host: cassandra.Host): string {

@@ -65,5 +65,11 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
       container text, bucket int, hash blob, data blob,
       PRIMARY KEY ((container, bucket), hash)
     )`,
+    // Home partition: versions being read by a restore right now. GC keeps a leased version and its chunks even
+    // when it is no longer among the newest K; the TTL ends the lease of a restore whose host died.
+    `CREATE TABLE IF NOT EXISTS ${keyspace}.restore_leases (
+      container text, version bigint, holder text, expires_at timestamp,
+      PRIMARY KEY (container, version, holder)
+    )`,
   ];
 }

@@ -66,4 +66,13 @@ export interface SnapshotStore {
    */
   getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined>;
   deleteChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void>;
+
+  /**
+   * Marks a version as being read by `holder` (a restore) for at most `ttlMs`: GC neither deletes it nor any
+   * chunk it references meanwhile. Taken before the version's manifest is read, released when the read ends.
+   */
+  leaseVersion(container: string, version: number, holder: string, ttlMs: number): Promise<void>;
+  releaseLease(container: string, version: number, holder: string): Promise<void>;
+  /** Versions of the container with a live lease. */
+  leasedVersions(container: string): Promise<Set<number>>;
 }

@@ -21,3 +21,40 @@ export async function mapBounded<T, R>(items: readonly T[], limit: number, task:
   if (failure) throw failure.error;
   return results;
 }
+
+/**
+ * A counting semaphore: at most `limit` holders at once, the rest wait in arrival order. Shared by everything
+ * an agent sends to one resource (its Cassandra session), it bounds that resource's load across all callers.
+ */
+export class Semaphore {
+  private holders = 0;
+  private readonly queue: Array<() => void> = [];
+
+  constructor(readonly limit: number) {
+    if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`semaphore limit must be a positive integer, got ${limit}`);
+  }
+
+  /** Holders now. */
+  get inUse(): number {
+    return this.holders;
+  }
+
+  /** Callers waiting for a slot: the queue depth. */
+  get waiting(): number {
+    return this.queue.length;
+  }
+
+  /** Runs `task` once a slot is free, and frees the slot when it settles. */
+  async use<T>(task: () => Promise<T>): Promise<T> {
+    if (this.holders >= this.limit) await new Promise<void>((resolve) => this.queue.push(resolve));
+    else this.holders++;
+    try {
+      return await task();
+    } finally {
+      // Hand the slot straight to the next waiter, so a newcomer cannot overtake the queue.
+      const next = this.queue.shift();
+      if (next) next();
+      else this.holders--;
+    }
+  }
+}

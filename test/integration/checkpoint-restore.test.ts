@@ -51,6 +51,7 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     const restored = await restoreFromStore({ runtime, store, container: CONTAINER, stagingDir: staging });
     expect(restored.manifest.version).toBe(1);
     expect(await runtime.state(CONTAINER)).toBe('RUNNING');
+    expect(await store.leasedVersions(CONTAINER)).toEqual(new Set()); // the restore's lease on version 1 is released
     const after = await waitForCounterAbove(host, CONTAINER, atDump + 3);
     expect(after).toBeGreaterThan(atDump); // counted on from the dump, not from 1
   });

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.t
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { collectGarbage } from '../../src/storage/gc.ts';
 import { downloadSnapshot, uploadSnapshot } from '../../src/storage/snapshots.ts';
+import { pseudoRandom } from '../support/bytes.ts';
 import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
 const KEYSPACE = 'gc_test';
@@ -32,7 +33,7 @@ describe('GC-CR', () => {
   it('keeps exactly the newest K committed versions and every chunk they need', async () => {
     // Four versions over blocks A..E: v1 = A B, v2 = B C, v3 = C D, v4 = D E.
     // Blocks larger than the biggest chunk (4 MiB), so whole chunks fall inside each block and are shared.
-    const blocks = Array.from({ length: 5 }, () => randomBytes(6 * MiB));
+    const blocks = Array.from({ length: 5 }, (_, i) => pseudoRandom(6 * MiB, 10 + i));
     const contents = [0, 1, 2, 3].map((i) => Buffer.concat([blocks[i]!, blocks[i + 1]!]));
     const policy = new CompressionPolicy();
     for (const content of contents) {
@@ -86,5 +87,56 @@ describe('GC-CR', () => {
     expect(later.deletedChunks).toBe(orphanChunks);
     expect(await store.versions(container)).toEqual([]);
     expect((await store.chunkIndex(container)).size).toBe(0);
+  });
+
+  it("never collects a version a restore holds a lease on, nor its chunks, and collects it once the lease ends", async () => {
+    const container = 'gc-lease';
+    const contents = [1, 2, 3].map((i) => pseudoRandom(3 * MiB, 30 + i));
+    const policy = new CompressionPolicy();
+    for (const content of contents) {
+      await uploadSnapshot({ store, container, sourceHost: 'host1', policy, sources: [{ path: 'm.img', mode: 0o600, open: () => [content] }] });
+    }
+    await store.leaseVersion(container, 1, 'restore-on-host2', 60_000);
+    expect(await store.leasedVersions(container)).toEqual(new Set([1]));
+
+    const leased = await collectGarbage({ store, container, keep: 1, uploadGraceMs: 0 });
+    expect(leased.keptVersions).toEqual([3]);
+    expect(leased.leasedVersions).toEqual([1]);
+    expect(leased.deletedVersions).toEqual([2]);
+    await downloadSnapshot({ store, container, version: 1, targetDir: join(scratch, 'leased') });
+    expect(sha(readFileSync(join(scratch, 'leased', 'm.img')))).toBe(sha(contents[0]!));
+
+    await store.releaseLease(container, 1, 'restore-on-host2');
+    const released = await collectGarbage({ store, container, keep: 1, uploadGraceMs: 0 });
+    expect(released.deletedVersions).toEqual([1]);
+    expect(released.freedBytes).toBeGreaterThanOrEqual(3 * MiB);
+    expect((await store.versions(container)).map((v) => v.version)).toEqual([3]);
+  });
+
+  it('deletes no chunk while a lease names a version whose manifest is already gone', async () => {
+    const container = 'gc-lease-late';
+    const policy = new CompressionPolicy();
+    for (const seed of [40, 41]) {
+      await uploadSnapshot({ store, container, sourceHost: 'host1', policy, sources: [{ path: 'm.img', mode: 0o600, open: () => [pseudoRandom(2 * MiB, seed)] }] });
+    }
+    // A restore leased version 1 and read its manifest just before a GC run deleted that manifest; the restore
+    // is still reading version 1's chunks when the next GC run comes.
+    await store.deleteVersion(container, 1);
+    await store.leaseVersion(container, 1, 'slow-restore', 60_000);
+    const deferred = await collectGarbage({ store, container, keep: 1, uploadGraceMs: 0 });
+    expect(deferred.chunksDeferred).toBe(true);
+    expect(deferred.deletedChunks).toBe(0);
+
+    await store.releaseLease(container, 1, 'slow-restore');
+    const after = await collectGarbage({ store, container, keep: 1, uploadGraceMs: 0 });
+    expect(after.chunksDeferred).toBe(false);
+    expect(after.deletedChunks).toBeGreaterThan(0);
+  });
+
+  it('lets a lease end by itself (TTL) when its restore dies', async () => {
+    await store.leaseVersion('gc-lease-ttl', 7, 'dead-restore', 1000);
+    expect(await store.leasedVersions('gc-lease-ttl')).toEqual(new Set([7]));
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(await store.leasedVersions('gc-lease-ttl')).toEqual(new Set());
   });
 });

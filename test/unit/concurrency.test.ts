@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mapBounded } from '../../src/util/concurrency.ts';
+import { Semaphore, mapBounded } from '../../src/util/concurrency.ts';
 
 const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -35,5 +35,40 @@ describe('mapBounded', () => {
 
   it('refuses a limit below 1', async () => {
     await expect(mapBounded([1], 0, (n) => Promise.resolve(n))).rejects.toThrow(/positive integer/);
+  });
+});
+
+describe('Semaphore', () => {
+  it('never lets more than the limit run, and serves waiters in arrival order', async () => {
+    const semaphore = new Semaphore(2);
+    let running = 0;
+    let peak = 0;
+    const order: number[] = [];
+    await Promise.all(
+      [30, 5, 5, 5, 5].map((ms, i) =>
+        semaphore.use(async () => {
+          running++;
+          peak = Math.max(peak, running);
+          order.push(i);
+          await tick(ms);
+          running--;
+        }),
+      ),
+    );
+    expect(peak).toBe(2);
+    expect(order).toEqual([0, 1, 2, 3, 4]);
+    expect(semaphore.inUse).toBe(0);
+    expect(semaphore.waiting).toBe(0);
+  });
+
+  it('frees the slot of a task that fails', async () => {
+    const semaphore = new Semaphore(1);
+    await expect(semaphore.use(() => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+    expect(await semaphore.use(() => Promise.resolve(7))).toBe(7);
+    expect(semaphore.inUse).toBe(0);
+  });
+
+  it('rejects a limit that is not a positive integer', () => {
+    expect(() => new Semaphore(0)).toThrow(RangeError);
   });
 });
