@@ -1,18 +1,21 @@
 import { spawn, type Ref } from 'nact';
 import cron, { type ScheduledTask } from 'node-cron';
-import { checkpointToStore, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
+import { discardStaged, dumpToStaging, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
-import type { CompressionPolicy } from '../storage/codec.ts';
-import { collectGarbage, type GcReport } from '../storage/gc.ts';
+import type { GcReport } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import { InvalidArgumentError } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
-import { errorReply, replyOf, tell, type Reply } from './system.ts';
+import type { GarbageCollectorMessage } from './garbage-collector.ts';
+import type { ReplicatorMessage } from './replicator.ts';
+import { ask, respond, resumeAfterCrash, tell, type Reply } from './system.ts';
 
 /**
- * One actor per supervised container: its dumper. Checkpoints (scheduled or asked for), GC after each, and
- * recovery after a crash all go through its mailbox, so they run one at a time: a second checkpoint of a
- * container never runs alongside the first, and GC never alongside an upload of the same container.
+ * One actor per supervised container: its dumper. It freezes the container only for the dump into local
+ * staging, hands the staged dump to the host's replicator, then asks the host's garbage collector to collect
+ * the container's obsolete versions. Checkpoints (scheduled or asked for) and recovery after a crash all go
+ * through its mailbox and each waits for its replication and GC: a second checkpoint of a container never runs
+ * alongside the first, and GC never alongside an upload of the same container.
  */
 
 export interface CheckpointOutcome {
@@ -35,11 +38,15 @@ export type ContainerMessage =
 export interface ContainerActorDeps {
   runtime: ContainerRuntime;
   store: SnapshotStore;
-  policy: CompressionPolicy;
+  replicator: Ref<ReplicatorMessage>;
+  garbageCollector: Ref<GarbageCollectorMessage>;
   hostId: string;
   stagingDir: string;
-  /** Committed versions GC keeps. */
-  keep: number;
+  /**
+   * How long a checkpoint may wait for the replicator (queued behind other containers' uploads) and for GC.
+   * Beyond it the checkpoint fails and its staging is removed; its upload, if it started, does not commit.
+   */
+  replicationTimeoutMs: number;
   logger: Logger;
 }
 
@@ -60,15 +67,18 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   const log = deps.logger.child(container);
 
   const checkpoint = async (): Promise<CheckpointOutcome> => {
-    const result: CheckpointToStoreResult = await checkpointToStore({
-      runtime: deps.runtime, store: deps.store, policy: deps.policy, container, sourceHost: deps.hostId, stagingDir: deps.stagingDir,
-    });
-    const gc = await collectGarbage({ store: deps.store, container, keep: deps.keep });
-    log.info('checkpoint committed', {
-      version: result.version, dumpMs: Math.round(result.dumpMs), uploadedBytes: result.uploadedBytes,
-      logicalBytes: result.logicalBytes, gcDeletedVersions: gc.deletedVersions, gcFreedBytes: gc.freedBytes,
-    });
-    return { version: result.version, uploadedBytes: result.uploadedBytes, logicalBytes: result.logicalBytes, dumpMs: result.dumpMs, gc };
+    const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir });
+    try {
+      const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`);
+      const gc = await ask<GarbageCollectorMessage, GcReport>(deps.garbageCollector, (replyTo) => ({ type: 'collect' as const, container, replyTo }), deps.replicationTimeoutMs, `GC of ${container}`);
+      log.info('checkpoint committed', {
+        version: result.version, dumpMs: Math.round(result.dumpMs), uploadedBytes: result.uploadedBytes,
+        logicalBytes: result.logicalBytes, gcDeletedVersions: gc.deletedVersions, gcFreedBytes: gc.freedBytes,
+      });
+      return { version: result.version, uploadedBytes: result.uploadedBytes, logicalBytes: result.logicalBytes, dumpMs: result.dumpMs, gc };
+    } finally {
+      await discardStaged(staged);
+    }
   };
 
   const recover = async (): Promise<RecoverOutcome> => {
@@ -85,23 +95,14 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   // A scheduled tick while one is already waiting is dropped: slow uploads never pile up checkpoints.
   let scheduledWaiting = false;
 
-  /** Runs one step and answers with its outcome; a failure is logged and answered, never thrown. */
-  const answer = async <T>(what: string, step: () => Promise<T>, replyTo: Ref<Reply<T>> | undefined) => {
-    const reply = await step().then(replyOf, (err: unknown) => {
-      log.error(`${what} failed`, { error: errorMessage(err) });
-      return errorReply(err);
-    });
-    if (replyTo) tell(replyTo, reply);
-  };
-
   const ref = spawn(
     parent,
     async (_state: undefined, message: ContainerMessage) => {
       if (message.type === 'checkpoint') {
         if (message.scheduled) scheduledWaiting = false;
-        await answer('checkpoint', checkpoint, message.replyTo);
+        await respond(log, 'checkpoint', checkpoint, message.replyTo);
       } else {
-        await answer('recovery', recover, message.replyTo);
+        await respond(log, 'recovery', recover, message.replyTo);
       }
       return undefined;
     },
@@ -109,10 +110,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
     {
       // Handlers answer errors instead of throwing; anything that still escapes is logged and the actor goes
       // on with its next message, so one container's failure never stops another's checkpoints.
-      onCrash: (_message, err, ctx) => {
-        log.error('container actor crashed; resuming', { error: errorMessage(err) });
-        return ctx.resume;
-      },
+      onCrash: resumeAfterCrash(log, 'container actor'),
     },
   );
 

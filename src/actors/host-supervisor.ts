@@ -1,11 +1,14 @@
 import { spawn, stop, type ActorContext, type ActorSystemRef, type Ref } from 'nact';
 import type { ContainerRuntime, ContainerState } from '../runtime/runtime.ts';
 import { CompressionPolicy } from '../storage/codec.ts';
+import { DEFAULT_KEEP } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { NotFoundError, errorMessage } from '../util/errors.ts';
+import { NotFoundError } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
-import { spawnContainerActor, type CheckpointOutcome, type ContainerActor, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
-import { ask, startActorSystem, tell } from './system.ts';
+import { spawnContainerActor, type CheckpointOutcome, type ContainerActor, type ContainerActorDeps, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
+import { spawnGarbageCollector } from './garbage-collector.ts';
+import { spawnReplicator } from './replicator.ts';
+import { ask, resumeAfterCrash, startActorSystem, tell } from './system.ts';
 
 /**
  * The agent's host supervisor: it watches this host's containers, gives each running one a container actor
@@ -34,6 +37,8 @@ export type SupervisedState = ContainerState | 'CRASHED';
 
 type SupervisorMessage = { type: 'poll' };
 
+const DEFAULT_CHECKPOINT_TIMEOUT_MS = 10 * 60 * 1000;
+
 export class HostSupervisor {
   private readonly system: ActorSystemRef;
   private readonly actor: Ref<SupervisorMessage>;
@@ -45,8 +50,12 @@ export class HostSupervisor {
   constructor(private readonly options: HostSupervisorOptions) {
     this.log = options.logger.child(options.hostId);
     this.system = startActorSystem(`lxcr-${options.hostId}`);
-    const policy = new CompressionPolicy();
-    const deps = { runtime: options.runtime, store: options.store, policy, hostId: options.hostId, stagingDir: options.stagingDir, keep: options.keep ?? 2, logger: this.log };
+    const replicator = spawnReplicator(this.system, { store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log });
+    const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
+    const deps: ContainerActorDeps = {
+      runtime: options.runtime, store: options.store, replicator, garbageCollector, hostId: options.hostId,
+      stagingDir: options.stagingDir, replicationTimeoutMs: options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, logger: this.log,
+    };
     this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
       this.system,
       async (_state: undefined, _message: SupervisorMessage, ctx) => {
@@ -54,12 +63,7 @@ export class HostSupervisor {
         return undefined;
       },
       'supervisor',
-      {
-        onCrash: (_message, err, ctx) => {
-          this.log.error('supervisor poll failed; resuming', { error: errorMessage(err) });
-          return ctx.resume;
-        },
-      },
+      { onCrash: resumeAfterCrash(this.log, 'supervisor poll') },
     );
     this.poller = setInterval(() => tell(this.actor, { type: 'poll' }), options.pollMs ?? 2000);
     tell(this.actor, { type: 'poll' });
@@ -95,7 +99,7 @@ export class HostSupervisor {
   checkpoint(container: string): Promise<CheckpointOutcome> {
     const actor = this.containers.get(container);
     if (!actor) return Promise.reject(new NotFoundError(`container ${container} is not supervised on ${this.options.hostId}`));
-    return ask(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, replyTo }), this.options.checkpointTimeoutMs ?? 600_000, `checkpoint of ${container}`);
+    return ask(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `checkpoint of ${container}`);
   }
 
   stop(): void {

@@ -1,5 +1,6 @@
-import { dispatch, query, start, type ActorSystemRef, type Ref } from 'nact';
+import { dispatch, query, start, type ActorSystemRef, type Ref, type SupervisionActorFunc } from 'nact';
 import { FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type ErrorCode } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
 
 /**
  * A thin typed layer over nact, whose own typings are loose: systems are always named, queries always have a
@@ -55,4 +56,24 @@ export async function ask<Req, Res>(actor: Ref<Req>, request: (replyTo: Ref<Repl
   }
   if (reply.ok) return reply.value;
   throw new ActorReplyError(reply.code, reply.message);
+}
+
+/**
+ * Runs one step of an actor and answers `replyTo` with its outcome. A failure is logged and answered, never
+ * thrown: the actor goes on with its next message, and the asker learns why at once instead of timing out.
+ */
+export async function respond<T>(log: Logger, what: string, step: () => Promise<T>, replyTo: Ref<Reply<T>> | undefined): Promise<void> {
+  const reply = await step().then(replyOf, (err: unknown) => {
+    log.error(`${what} failed`, { error: errorMessage(err) });
+    return errorReply(err);
+  });
+  if (replyTo) tell(replyTo, reply);
+}
+
+/** Supervision for every actor of ours: log what escaped a handler and go on with the next message. */
+export function resumeAfterCrash<Msg, ParentRef extends Ref<unknown>>(log: Logger, what: string): SupervisionActorFunc<Msg, ParentRef, Ref<unknown>> {
+  return (_message, err, ctx) => {
+    log.error(`${what} crashed; resuming`, { error: errorMessage(err) });
+    return ctx.resume;
+  };
 }

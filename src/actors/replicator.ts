@@ -1,0 +1,42 @@
+import { spawn, type Ref } from 'nact';
+import { replicateStaged, type CheckpointToStoreResult, type StagedSnapshot } from '../checkpoint/procedures.ts';
+import type { CompressionPolicy } from '../storage/codec.ts';
+import type { SnapshotStore } from '../storage/store.ts';
+import type { Logger } from '../util/log.ts';
+import { respond, resumeAfterCrash, type Reply } from './system.ts';
+
+/**
+ * The host's replicator: chunks, compresses where that pays, uploads and commits the dumps its containers'
+ * dumpers staged (LXCloud-CR's "compress, save in a distributed and persistent way"). One per host, one upload
+ * at a time: the uplink and the local Cassandra node are shared by every container, so uploads queue here
+ * instead of competing, and each upload keeps a few chunk writes in flight. It shares the host's compression
+ * estimates across containers.
+ */
+
+export type ReplicatorMessage = { type: 'replicate'; staged: StagedSnapshot; replyTo: Ref<Reply<CheckpointToStoreResult>> };
+
+export interface ReplicatorDeps {
+  store: SnapshotStore;
+  policy: CompressionPolicy;
+  hostId: string;
+  logger: Logger;
+}
+
+export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref<ReplicatorMessage> {
+  const log = deps.logger.child('replicator');
+  return spawn(
+    parent,
+    async (_state: undefined, message: ReplicatorMessage) => {
+      const { staged } = message;
+      await respond(
+        log,
+        `replication of ${staged.container}`,
+        () => replicateStaged(staged, { store: deps.store, policy: deps.policy, sourceHost: deps.hostId }),
+        message.replyTo,
+      );
+      return undefined;
+    },
+    'replicator',
+    { onCrash: resumeAfterCrash(log, 'replicator') },
+  );
+}
