@@ -7,7 +7,7 @@ import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import { downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { NotFoundError } from '../util/errors.ts';
+import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
 /**
  * The two procedures the agent runs on a container, built from a runtime and a snapshot store:
@@ -61,6 +61,13 @@ export async function dumpToStaging(options: DumpOptions): Promise<StagedSnapsho
     return { container, dir, dumpMs: dump.dumpMs, sources };
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
+    if (err instanceof CheckpointError && /no space left on device/i.test(err.message)) {
+      throw new CheckpointError(
+        `${err.message}\nThe staging directory ${options.stagingDir} ran out of space (the container runs on, nothing stored was touched): ` +
+          "free space there, or point the agent's staging directory at a disk with room for the container's memory",
+        { cause: err },
+      );
+    }
     throw err;
   }
 }
