@@ -33,7 +33,9 @@ export interface RecoverOutcome {
 
 export type ContainerMessage =
   | { type: 'checkpoint'; scheduled?: boolean; replyTo?: Ref<Reply<CheckpointOutcome>> }
-  | { type: 'recover'; replyTo?: Ref<Reply<RecoverOutcome>> };
+  | { type: 'recover'; replyTo?: Ref<Reply<RecoverOutcome>> }
+  /** Answered once everything queued before it is done: how a shutdown waits for in-flight work. */
+  | { type: 'drain'; replyTo: Ref<Reply<null>> };
 
 export interface ContainerActorDeps {
   runtime: ContainerRuntime;
@@ -56,6 +58,22 @@ export interface ContainerSchedule {
   /** Or a fixed period in ms. */
   everyMs?: number;
 }
+
+/** Throws InvalidArgumentError naming `owner` and what is wrong with its schedule. */
+export function validateSchedule(owner: string, schedule: ContainerSchedule): void {
+  if (schedule.cron !== undefined && schedule.everyMs !== undefined) {
+    throw new InvalidArgumentError(`checkpoint schedule of ${owner}: give either a cron expression or a period, not both`);
+  }
+  if (schedule.cron !== undefined && !cron.validate(schedule.cron)) {
+    throw new InvalidArgumentError(`checkpoint schedule of ${owner}: "${schedule.cron}" is not a valid cron expression (5 fields, or 6 with seconds first)`);
+  }
+  if (schedule.everyMs !== undefined && (!Number.isInteger(schedule.everyMs) || schedule.everyMs < MIN_PERIOD_MS)) {
+    throw new InvalidArgumentError(`checkpoint period of ${owner} must be an integer of at least ${MIN_PERIOD_MS} ms, got ${schedule.everyMs}`);
+  }
+}
+
+/** Below a second, the dump's freeze would dominate the container's run time. */
+const MIN_PERIOD_MS = 1000;
 
 export interface ContainerActor {
   ref: Ref<ContainerMessage>;
@@ -101,8 +119,10 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
       if (message.type === 'checkpoint') {
         if (message.scheduled) scheduledWaiting = false;
         await respond(log, 'checkpoint', checkpoint, message.replyTo);
-      } else {
+      } else if (message.type === 'recover') {
         await respond(log, 'recovery', recover, message.replyTo);
+      } else {
+        await respond(log, 'drain', () => Promise.resolve(null), message.replyTo);
       }
       return undefined;
     },
@@ -119,17 +139,11 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
     scheduledWaiting = true;
     tell(ref, { type: 'checkpoint', scheduled: true });
   };
+  validateSchedule(container, schedule);
   let task: ScheduledTask | undefined;
   let timer: NodeJS.Timeout | undefined;
-  if (schedule.cron !== undefined) {
-    if (!cron.validate(schedule.cron)) throw new InvalidArgumentError(`checkpoint schedule of ${container}: "${schedule.cron}" is not a valid cron expression`);
-    task = cron.schedule(schedule.cron, tick);
-  } else if (schedule.everyMs !== undefined) {
-    if (!Number.isInteger(schedule.everyMs) || schedule.everyMs < 1000) {
-      throw new InvalidArgumentError(`checkpoint period of ${container} must be at least 1000 ms, got ${schedule.everyMs}`);
-    }
-    timer = setInterval(tick, schedule.everyMs);
-  }
+  if (schedule.cron !== undefined) task = cron.schedule(schedule.cron, tick);
+  else if (schedule.everyMs !== undefined) timer = setInterval(tick, schedule.everyMs);
   return {
     ref,
     stopSchedule: () => {

@@ -3,9 +3,9 @@ import type { ContainerRuntime, ContainerState } from '../runtime/runtime.ts';
 import { CompressionPolicy } from '../storage/codec.ts';
 import { DEFAULT_KEEP } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { NotFoundError } from '../util/errors.ts';
+import { NotFoundError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
-import { spawnContainerActor, type CheckpointOutcome, type ContainerActor, type ContainerActorDeps, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
+import { spawnContainerActor, validateSchedule, type CheckpointOutcome, type ContainerActor, type ContainerActorDeps, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
 import { spawnGarbageCollector } from './garbage-collector.ts';
 import { spawnReplicator } from './replicator.ts';
 import { ask, resumeAfterCrash, startActorSystem, tell } from './system.ts';
@@ -49,6 +49,8 @@ export class HostSupervisor {
 
   constructor(private readonly options: HostSupervisorOptions) {
     this.log = options.logger.child(options.hostId);
+    // Checked before anything starts: a bad schedule is a configuration error, not a failure of every poll.
+    validateSchedule(`host ${options.hostId}`, options.schedule ?? {});
     this.system = startActorSystem(`lxcr-${options.hostId}`);
     const replicator = spawnReplicator(this.system, { store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log });
     const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
@@ -102,9 +104,21 @@ export class HostSupervisor {
     return ask(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `checkpoint of ${container}`);
   }
 
-  stop(): void {
+  /**
+   * Stops supervising: no new checkpoint is scheduled, the steps already queued (a checkpoint's upload, a
+   * recovery) are waited for up to `drainTimeoutMs`, then the actors stop. A step still running after that
+   * is abandoned; an abandoned upload never commits.
+   */
+  async stop(drainTimeoutMs = 60_000): Promise<void> {
     clearInterval(this.poller);
     for (const actor of this.containers.values()) actor.stopSchedule();
+    await Promise.all(
+      [...this.containers].map(([name, actor]) =>
+        ask(actor.ref, (replyTo) => ({ type: 'drain' as const, replyTo }), drainTimeoutMs, `shutdown of ${name}'s actor`).catch((err: unknown) => {
+          this.log.warn('stopping with a step still running', { container: name, error: errorMessage(err) });
+        }),
+      ),
+    );
     stop(this.system);
   }
 }

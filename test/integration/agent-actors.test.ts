@@ -3,7 +3,8 @@ import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostSupervisor } from '../../src/actors/host-supervisor.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
-import { NotFoundError } from '../../src/util/errors.ts';
+import { ActorReplyError } from '../../src/actors/system.ts';
+import { InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
 import { run } from '../../src/util/exec.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
@@ -13,6 +14,7 @@ const testbed = sharedTestbed();
 const host = testbed.host(2);
 const runtime = runtimeFor(host);
 const CONTAINER = 'actor-counter';
+const NEIGHBOUR = 'actor-neighbour';
 const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -30,18 +32,22 @@ async function until<T>(what: string, probe: () => Promise<T | undefined> | T | 
 
 beforeAll(async () => {
   ({ client, store } = await connectStore(testbed, 'agent_test'));
-  await createCounterContainer(host, CONTAINER);
-  await startContainer(host, CONTAINER);
-  await waitRunning(host, CONTAINER);
+  for (const name of [CONTAINER, NEIGHBOUR]) {
+    await createCounterContainer(host, name);
+    await startContainer(host, name);
+    await waitRunning(host, name);
+  }
   supervisor = new HostSupervisor({
     hostId: host.hostId, runtime, store, stagingDir: staging, logger: createLogger('test-agent', 'warn'), pollMs: 300, schedule: { everyMs: 2000 }, keep: 2,
   });
-  await until('the supervisor to adopt the container', () => (supervisor.states().get(CONTAINER) === 'RUNNING' ? true : undefined));
+  await until('the supervisor to adopt the containers', () =>
+    supervisor.states().get(CONTAINER) === 'RUNNING' && supervisor.states().get(NEIGHBOUR) === 'RUNNING' ? true : undefined,
+  );
 });
 
 afterAll(async () => {
-  supervisor?.stop();
-  await removeContainer(runtime, CONTAINER);
+  await supervisor?.stop();
+  for (const name of [CONTAINER, NEIGHBOUR]) await removeContainer(runtime, name);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });
@@ -72,5 +78,52 @@ describe("the agent's actors on a real host", () => {
 
   it('answers a checkpoint request for a container it does not supervise with NotFound', async () => {
     await expect(supervisor.checkpoint('no-such-container')).rejects.toThrow(NotFoundError);
+  });
+
+  it("goes on checkpointing a container while a neighbour's checkpoints fail, and the neighbour's actor stays alive", async () => {
+    const lxcFreeze = (tool: 'lxc-freeze' | 'lxc-unfreeze') => run(tool, ['-P', host.lxcpath, '-n', NEIGHBOUR]);
+    await lxcFreeze('lxc-freeze');
+    try {
+      const refused = await supervisor.checkpoint(NEIGHBOUR).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(ActorReplyError);
+      expect((refused as ActorReplyError).code).toBe('FAILED_PRECONDITION');
+      expect(String(refused)).toMatch(/FROZEN/);
+      const healthy = await supervisor.checkpoint(CONTAINER);
+      expect(healthy.version).toBeGreaterThan(0);
+    } finally {
+      await lxcFreeze('lxc-unfreeze');
+    }
+    const recovered = await supervisor.checkpoint(NEIGHBOUR);
+    expect((await store.latestCommitted(NEIGHBOUR))?.version).toBe(recovered.version);
+  });
+});
+
+describe('a cron-scheduled host supervisor', () => {
+  const cronHost = testbed.host(1);
+  const cronRuntime = runtimeFor(cronHost);
+  const CRON_CONTAINER = 'actor-cron';
+  let cronSupervisor: HostSupervisor | undefined;
+
+  afterAll(async () => {
+    await cronSupervisor?.stop();
+    await removeContainer(cronRuntime, CRON_CONTAINER);
+  });
+
+  it('checkpoints on its cron expression (every 2 s, node-cron with seconds)', async () => {
+    await createCounterContainer(cronHost, CRON_CONTAINER);
+    await startContainer(cronHost, CRON_CONTAINER);
+    await waitRunning(cronHost, CRON_CONTAINER);
+    cronSupervisor = new HostSupervisor({
+      hostId: cronHost.hostId, runtime: cronRuntime, store, stagingDir: staging, logger: createLogger('test-cron', 'warn'),
+      pollMs: 300, schedule: { cron: '*/2 * * * * *' }, keep: 2,
+    });
+    const first = await until('a first cron checkpoint', async () => (await store.latestCommitted(CRON_CONTAINER))?.version, 30_000);
+    await until('a second cron checkpoint', async () => ((await store.latestCommitted(CRON_CONTAINER))!.version > first ? true : undefined), 30_000);
+  });
+
+  it('refuses to start with an invalid cron expression, before starting anything', () => {
+    expect(() => new HostSupervisor({
+      hostId: 'bad', runtime: cronRuntime, store, stagingDir: staging, logger: createLogger('test-cron', 'warn'), schedule: { cron: '61 * * * *' },
+    })).toThrow(InvalidArgumentError);
   });
 });

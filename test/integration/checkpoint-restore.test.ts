@@ -13,6 +13,7 @@ const testbed = sharedTestbed();
 const host = testbed.host(1);
 const runtime = runtimeFor(host);
 const CONTAINER = 'cr-counter';
+const IDLE = 'cr-idle';
 const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -26,7 +27,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await removeContainer(runtime, CONTAINER);
+  for (const name of [CONTAINER, IDLE]) await removeContainer(runtime, name);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });
@@ -69,5 +70,18 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     const error = await restoreFromStore({ runtime, store, container: CONTAINER, stagingDir: staging }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(AlreadyExistsError);
     expect(await runtime.state(CONTAINER)).toBe('RUNNING');
+  });
+
+  it("uploads almost nothing for a real idle container's second checkpoint", async () => {
+    await createCounterContainer(host, IDLE, { memoryMiB: 32 });
+    await startContainer(host, IDLE);
+    await waitRunning(host, IDLE);
+    const checkpoint = () => checkpointToStore({ runtime, store, policy, container: IDLE, sourceHost: host.hostId, stagingDir: staging });
+    const first = await checkpoint();
+    expect(first.uploadedBytes).toBeGreaterThan(24 * 1024 * 1024); // the 32 MiB it holds (base64 of random: compressible by ~1/4)
+    const second = await checkpoint();
+    // Only the pages the counter and the idle loop touched, and the manifest-sized tail of each image, change.
+    expect(second.uploadedBytes).toBeLessThan(0.1 * first.uploadedBytes);
+    expect(second.reusedChunks).toBeGreaterThan(0);
   });
 });
