@@ -17,7 +17,8 @@ export const DEFAULT_REPLICATION: Replication = { class: 'SimpleStrategy', repli
 
 const IDENTIFIER = /^[a-z][a-z0-9_]{0,47}$/;
 
-function replicationMap(replication: Replication): string {
+/** The CQL replication map of a keyspace; throws InvalidArgumentError naming a bad factor or data center. */
+export function replicationMap(replication: Replication): string {
   if (replication.class === 'SimpleStrategy') {
     checkFactor('replicationFactor', replication.replicationFactor);
     return `{'class': 'SimpleStrategy', 'replication_factor': ${replication.replicationFactor}}`;
@@ -38,11 +39,15 @@ function checkFactor(key: string, factor: number): void {
   }
 }
 
-/** The DDL that creates the snapshot keyspace and its tables; idempotent (IF NOT EXISTS everywhere). */
-export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replication = DEFAULT_REPLICATION): string[] {
+export function validateKeyspaceName(keyspace: string): void {
   if (!IDENTIFIER.test(keyspace)) {
     throw new InvalidArgumentError(`keyspace "${keyspace}" must be lowercase letters, digits and _ (max 48), starting with a letter`);
   }
+}
+
+/** The DDL that creates the snapshot keyspace and its tables; idempotent (IF NOT EXISTS everywhere). */
+export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replication = DEFAULT_REPLICATION): string[] {
+  validateKeyspaceName(keyspace);
   return [
     `CREATE KEYSPACE IF NOT EXISTS ${keyspace} WITH replication = ${replicationMap(replication)}`,
     // Home partition: one row per version, newest first. A version is visible (restorable) only once its
