@@ -7,8 +7,9 @@
  * Streaming: chunks are yielded as soon as their end is found. Memory held is the bytes of the current chunk
  * (≤ maxSize) plus the input buffer being scanned; a multi-GB dump is never held whole.
  */
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import { InvalidArgumentError } from '../util/errors.ts';
+import { mapOrdered } from './pipeline.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -244,9 +245,20 @@ export interface HashedChunk {
   hash: string;
 }
 
-/** chunkStream, with each chunk's sha256. */
-export async function* hashedChunks(source: ByteSource, options?: ChunkerOptions): AsyncGenerator<HashedChunk> {
-  for await (const data of chunkStream(source, options)) {
-    yield { data, hash: createHash('sha256').update(data).digest('hex') };
+/** Hex sha256 of `data`, computed on libuv's thread pool (WebCrypto's digest), not on the event loop. */
+export async function sha256Hex(data: Uint8Array): Promise<string> {
+  return Buffer.from(await webcrypto.subtle.digest('SHA-256', data)).toString('hex');
+}
+
+/**
+ * chunkStream, with each chunk's sha256. Up to `hashParallelism` chunks are hashed at once on libuv's thread pool
+ * while the event loop goes on chunking (and writing): hashing costs about as much CPU as chunking. With
+ * `hashParallelism` 0 each chunk is hashed on the event loop instead. Chunks come out in stream order either way.
+ */
+export async function* hashedChunks(source: ByteSource, options?: ChunkerOptions, hashParallelism = 2): AsyncGenerator<HashedChunk> {
+  if (hashParallelism === 0) {
+    for await (const data of chunkStream(source, options)) yield { data, hash: createHash('sha256').update(data).digest('hex') };
+    return;
   }
+  yield* mapOrdered(chunkStream(source, options), hashParallelism, async (data) => ({ data, hash: await sha256Hex(data) }));
 }

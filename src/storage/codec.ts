@@ -238,16 +238,36 @@ export interface EncodedChunk {
 }
 
 /**
+ * Times operations that may overlap (see BusyClock in pipeline.ts): begin() as one starts, end() as it ends,
+ * returning the ms it accounts for at the aggregate rate.
+ */
+export interface OperationClock {
+  begin(): void;
+  end(): number;
+}
+
+/**
  * Asks the policy, compresses when it says so, and reports the compression's time and ratio back to it. A chunk
  * that compresses worse than maxRatio is stored raw (decompressing it later would cost time for nothing).
+ * When several chunks are compressed at once, pass one `clock` shared by them: the policy then learns the
+ * aggregate compression rate, comparable with an aggregate upload rate; without it, the wall time of this one
+ * compression is reported.
  */
-export async function encodeWithPolicy(raw: Buffer, policy: CompressionPolicy): Promise<EncodedChunk> {
+export async function encodeWithPolicy(raw: Buffer, policy: CompressionPolicy, clock?: OperationClock): Promise<EncodedChunk> {
   const decision = policy.decide(raw.length);
   if (decision.codec === 'none') return { codec: 'none', stored: raw, rawSize: raw.length, decision };
 
   const started = performance.now();
-  const compressed = await encodeChunk(decision.codec, raw);
-  policy.observeCompression(raw.length, compressed.length, performance.now() - started);
+  clock?.begin();
+  let compressed: Buffer;
+  try {
+    compressed = await encodeChunk(decision.codec, raw);
+  } catch (err) {
+    clock?.end(); // the clock counts running operations: a failed one has ended too
+    throw err;
+  }
+  const ms = clock ? clock.end() : performance.now() - started;
+  policy.observeCompression(raw.length, compressed.length, ms);
   if (compressed.length > raw.length * policy.maxRatio) {
     const storedRaw: CompressionDecision = { ...decision, codec: 'none', reason: 'incompressible' };
     return { codec: 'none', stored: raw, rawSize: raw.length, decision: storedRaw };

@@ -5,15 +5,16 @@ import { dirname, join } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { mapBounded } from '../util/concurrency.ts';
 import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
-import { hashedChunks, type ByteSource } from './chunker.ts';
-import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy } from './codec.ts';
+import { hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
+import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
+import { BusyClock, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
 import type { ChunkLocation, SnapshotStore } from './store.ts';
 
 /**
  * Moving a snapshot between a local directory and the store: LXCloud-CR's "compress, save in a distributed and
- * persistent way" step and its inverse. Uploads stream (memory stays around `concurrency` chunks, never a whole
- * dump), skip every chunk the container already has, and commit the version only after all its chunks are
+ * persistent way" step and its inverse. Uploads stream (memory stays a few chunks per put slot plus a bounded
+ * read-ahead, never a whole dump), skip every chunk the container already has, and commit the version only after all its chunks are
  * durable. Downloads verify every chunk's sha256 and fall back to the other replica for a bad copy.
  */
 
@@ -90,6 +91,27 @@ class BucketFiller {
   }
 }
 
+/** Chunks compressed at once, on libuv's thread pool: one per core of the 2-core machines this targets. */
+const ENCODE_PARALLELISM = 2;
+/** Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). */
+const READ_AHEAD_BYTES = 16 * 1024 * 1024;
+
+/** A chunk of a source, hashed, checked against the index and, when new, encoded: what the writer takes. */
+type PreparedChunk =
+  | { kind: 'known'; hash: string; size: number; location: ChunkLocation }
+  | { kind: 'repeat'; hash: string; size: number }
+  | { kind: 'new'; hash: string; size: number; encoded: EncodedChunk };
+
+/**
+ * Uploads a snapshot as a pipeline of three overlapping stages, each bounded so memory stays a few chunks:
+ * 1. reading, chunking and hashing (main thread; the chunker runs at ~1 GB/s, sha256 at ~1.2 GB/s),
+ * 2. compressing new chunks where the policy says it pays, ENCODE_PARALLELISM at once on libuv's thread pool,
+ *    run ahead of the writes by up to READ_AHEAD_BYTES of prepared chunks,
+ * 3. registering new chunks as pending (one batch per group of up to `concurrency`), then writing them with
+ *    `concurrency` puts in flight; the next group is registered while the previous one waits for put slots.
+ * Measured before this (1 chunk read, hashed, compressed, then written, in turn): 1.6 puts in flight on average
+ * out of 4 and ~0.5x the throughput of a bare driver loop.
+ */
 export async function uploadSnapshot(options: UploadOptions): Promise<UploadResult> {
   const { store, container, policy } = options;
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
@@ -99,26 +121,61 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
   const tally = new CompressionTally();
+  /** Hashes new in this snapshot, seen by the preparing stage: a repeat is not encoded or sent twice. */
+  const fresh = new Set<string>();
+  /** Where each new chunk of this snapshot goes, set by the writing stage in order, before any repeat reaches it. */
+  const placed = new Map<string, ChunkLocation>();
+  const putClock = new BusyClock();
+  const encodeClock = new BusyClock();
   const inFlight = new Set<Promise<void>>();
   let failure: { error: unknown } | undefined;
   let uploadedBytes = 0;
   let reusedChunks = 0;
   const uploaded: ChunkLocation[] = [];
-  /** New chunks waiting to be registered as pending, then written, `concurrency` at a time. */
+  /** New chunks waiting to be registered as pending. */
   let group: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
+  /** Registered chunks waiting for a put slot: at most one group's worth, so memory stays bounded. */
+  const ready: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
 
-  const upload = async (location: ChunkLocation, bytes: Buffer) => {
-    const putStarted = performance.now();
-    await store.putChunk(container, location, bytes);
-    policy.observeUpload(bytes.length, performance.now() - putStarted);
-    uploadedBytes += bytes.length;
-    uploaded.push(location);
+  const prepare = async ({ data, hash }: HashedChunk): Promise<PreparedChunk> => {
+    const known = stored.get(hash);
+    if (known) return { kind: 'known', hash, size: data.length, location: known };
+    if (fresh.has(hash)) return { kind: 'repeat', hash, size: data.length };
+    fresh.add(hash);
+    return { kind: 'new', hash, size: data.length, encoded: await encodeWithPolicy(data, policy, encodeClock) };
+  };
+
+  /** Starts puts from `ready` while slots are free; each finished put starts the next. */
+  const launch = () => {
+    while (!failure && inFlight.size < concurrency && ready.length > 0) {
+      const { location, bytes } = ready.shift()!;
+      putClock.begin();
+      const put: Promise<void> = store.putChunk(container, location, bytes).then(
+        () => {
+          // The aggregate rate of the writes (concurrency at once), comparable with the encoder's aggregate rate.
+          policy.observeUpload(bytes.length, putClock.end());
+          uploadedBytes += bytes.length;
+          uploaded.push(location);
+        },
+        (error: unknown) => {
+          putClock.end();
+          failure ??= { error };
+        },
+      ).finally(() => {
+        inFlight.delete(put);
+        launch();
+      });
+      inFlight.add(put);
+    }
   };
 
   const flushGroup = async () => {
     const pending = group;
     group = [];
     if (pending.length === 0 || failure) return;
+    // At most one registered group waits for slots: wait until the previous one is all in flight.
+    while (!failure && ready.length > 0) await Promise.race(inFlight);
+    if (failure) return;
     try {
       // One request registers the whole group, before any of its data is written (see ChunkState).
       await store.indexChunks(container, pending.map((p) => p.location), 'pending');
@@ -126,43 +183,55 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
       failure ??= { error };
       return;
     }
-    for (const { location, bytes } of pending) {
-      const put = upload(location, bytes).catch((error: unknown) => {
-        failure ??= { error };
-      });
-      inFlight.add(put);
-      void put.finally(() => inFlight.delete(put));
-      if (inFlight.size >= concurrency) await Promise.race(inFlight);
-    }
+    ready.push(...pending);
+    launch();
   };
 
   const files: SnapshotFile[] = [];
-  for (const source of options.sources) {
-    const chunks: ChunkRef[] = [];
-    let size = 0;
-    for await (const { data, hash } of hashedChunks(source.open())) {
-      if (failure) break;
-      size += data.length;
-      let location = stored.get(hash);
-      if (location) {
-        reusedChunks++;
-      } else {
-        const encoded = await encodeWithPolicy(data, policy);
-        tally.add(encoded);
-        location = { hash, bucket: buckets.place(encoded.stored.length), rawSize: data.length, storedSize: encoded.stored.length, codec: encoded.codec };
-        // Known from now on, so a repeat within this snapshot is not sent twice; if any upload fails the
-        // version is never committed, so nothing ever references a chunk that did not arrive.
-        stored.set(hash, location);
-        group.push({ location, bytes: encoded.stored });
-        if (group.length >= concurrency) await flushGroup();
+  try {
+    for (const source of options.sources) {
+      const chunks: ChunkRef[] = [];
+      let size = 0;
+      // Opened only once the previous source's chunks are all registered: a source is read while the writes of the
+      // previous chunks run, but never before what came before it is on record.
+      const prepared = readAhead(mapOrdered(hashedChunks(source.open()), ENCODE_PARALLELISM, prepare), {
+        maxItems: 4 * concurrency,
+        maxBytes: READ_AHEAD_BYTES,
+        sizeOf: (p) => (p.kind === 'new' ? p.encoded.stored.length : 0),
+      });
+      for await (const chunk of prepared) {
+        if (failure) break;
+        size += chunk.size;
+        let location: ChunkLocation;
+        if (chunk.kind === 'known') {
+          reusedChunks++;
+          location = chunk.location;
+        } else if (chunk.kind === 'repeat') {
+          reusedChunks++;
+          location = placed.get(chunk.hash)!;
+        } else {
+          const { encoded } = chunk;
+          tally.add(encoded);
+          location = { hash: chunk.hash, bucket: buckets.place(encoded.stored.length), rawSize: chunk.size, storedSize: encoded.stored.length, codec: encoded.codec };
+          // If any upload fails the version is never committed, so nothing ever references a chunk that did not arrive.
+          placed.set(chunk.hash, location);
+          group.push({ location, bytes: encoded.stored });
+        }
+        chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
+        // A full group is registered; so is a partial one when nothing more is ready and half the put slots are
+        // idle, so the writes do not wait on a slow source (but a small registration is not sent per chunk).
+        if (group.length >= concurrency || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length < (concurrency + 1) / 2)) {
+          await flushGroup();
+        }
       }
-      chunks.push({ hash, size: data.length, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
+      files.push({ path: source.path, mode: source.mode, size, chunks });
+      if (failure) break;
     }
-    files.push({ path: source.path, mode: source.mode, size, chunks });
-    if (failure) break;
+    await flushGroup();
+  } finally {
+    // Whatever happened (a source that fails to read included), no put is left running once this returns or throws.
+    while (inFlight.size > 0) await Promise.race(inFlight);
   }
-  await flushGroup();
-  await Promise.all(inFlight);
   if (failure) {
     const cause = failure.error;
     throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(cause)}`, { cause });

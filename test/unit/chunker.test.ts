@@ -10,6 +10,7 @@ import {
   chunkStream,
   compileChunkerOptions,
   hashedChunks,
+  sha256Hex,
 } from '../../src/storage/chunker.ts';
 import { InvalidArgumentError } from '../../src/util/errors.ts';
 
@@ -150,6 +151,25 @@ describe('chunkStream', () => {
   });
 });
 
+describe('the stored format with default sizes', () => {
+  // The same guard for the sizes every snapshot uses: a faster chunker must cut exactly here, or dedup against
+  // earlier versions breaks.
+  it('cuts 24 MiB of random bytes (read in 64 KiB buffers) and 8 MiB of base64 at the same offsets as ever', async () => {
+    const ends = async (source: ByteSource) => {
+      let offset = 0;
+      const out: number[] = [];
+      for await (const chunk of chunkStream(source)) out.push((offset += chunk.length));
+      return out;
+    };
+    expect(await ends(inPieces(pseudoRandom(24 * MiB, 11), [64 * KiB]))).toEqual([
+      1129877, 3212675, 4316106, 5449513, 5818577, 7501198, 8553050, 9589529, 10676671, 11600816, 12906931, 14380772,
+      15541252, 16756579, 17824854, 19018465, 20293729, 21117524, 23438571, 24781652, 25165824,
+    ]);
+    const base64 = Buffer.from(pseudoRandom(6 * MiB, 12).toString('base64'));
+    expect(await ends([base64])).toEqual([1096877, 2858125, 3636705, 4697520, 5233384, 6406696, 8241531, 8388608]);
+  });
+});
+
 describe('Chunker', () => {
   it('returns completed chunks per push and the remainder on finish', () => {
     const data = pseudoRandom(256 * KiB, 5);
@@ -168,5 +188,29 @@ describe('hashedChunks', () => {
     for await (const { data: chunk, hash } of hashedChunks(inPieces(data), SMALL)) {
       expect(hash).toBe(sha256(chunk));
     }
+  });
+
+  it('yields the same chunks and hashes, in order, hashing on the thread pool or on the event loop', async () => {
+    const data = pseudoRandom(2 * MiB, 8);
+    const run = async (parallelism: number) => {
+      const out: Array<[string, string]> = [];
+      for await (const { data: chunk, hash } of hashedChunks(inPieces(data, [10 * KiB]), SMALL, parallelism)) out.push([sha256(chunk), hash]);
+      return out;
+    };
+    const onLoop = await run(0);
+    expect(onLoop.length).toBeGreaterThan(50);
+    for (const [actual, claimed] of onLoop) expect(claimed).toBe(actual);
+    expect(await run(1)).toEqual(onLoop);
+    expect(await run(4)).toEqual(onLoop);
+  });
+});
+
+describe('sha256Hex', () => {
+  it('equals crypto sha256 for empty, small, unaligned views and multi-MiB inputs', async () => {
+    const big = pseudoRandom(5 * MiB + 3, 9);
+    for (const input of [Buffer.alloc(0), Buffer.from('abc'), big.subarray(17, 100_017), big]) {
+      expect(await sha256Hex(input)).toBe(sha256(input));
+    }
+    expect(await sha256Hex(Buffer.from('abc'))).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
   });
 });

@@ -1,0 +1,198 @@
+// The upload pipeline's guarantees, against an in-memory store that records the order of what it was asked
+// (the real store is exercised by the integration tests and the benchmark).
+import { createCipheriv } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { CompressionPolicy } from '../../src/storage/codec.ts';
+import { decodeManifest } from '../../src/storage/manifest.ts';
+import { UploadFailedError, uploadSnapshot, type SnapshotSource } from '../../src/storage/snapshots.ts';
+import type { ChunkLocation, ChunkState, SnapshotStore } from '../../src/storage/store.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+function pseudoRandom(bytes: number, seed = 1): Buffer {
+  return createCipheriv('aes-128-ctr', Buffer.alloc(16, seed), Buffer.alloc(16)).update(Buffer.alloc(bytes));
+}
+
+type Event =
+  | { op: 'index'; hashes: string[]; state: ChunkState }
+  | { op: 'put-start' | 'put-end'; hash: string }
+  | { op: 'commit' };
+
+class MemoryStore {
+  readonly events: Event[] = [];
+  readonly index = new Map<string, ChunkLocation>();
+  readonly data = new Map<string, Buffer>();
+  running = 0;
+  maxRunning = 0;
+  committed: Buffer | undefined;
+  putDelayMs = 2;
+  /** Called at each put's start; throw to fail it. */
+  onPut: (location: ChunkLocation, count: number) => void = () => undefined;
+  private puts = 0;
+
+  asStore(): SnapshotStore {
+    return this as unknown as SnapshotStore;
+  }
+
+  beginVersion(): Promise<number> {
+    return Promise.resolve(1);
+  }
+
+  chunkIndex(): Promise<Map<string, ChunkLocation>> {
+    return Promise.resolve(new Map(this.index));
+  }
+
+  buckets(_container: string, count: number, after = -1): number[] {
+    return Array.from({ length: count }, (_, i) => after + 1 + i);
+  }
+
+  async indexChunks(_container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void> {
+    await sleep(1);
+    this.events.push({ op: 'index', hashes: locations.map((l) => l.hash), state });
+    for (const location of locations) this.index.set(location.hash, { ...location, state });
+  }
+
+  async putChunk(_container: string, location: ChunkLocation, bytes: Buffer): Promise<void> {
+    this.running++;
+    this.maxRunning = Math.max(this.maxRunning, this.running);
+    this.events.push({ op: 'put-start', hash: location.hash });
+    try {
+      this.onPut(location, ++this.puts);
+      await sleep(this.putDelayMs);
+      this.data.set(location.hash, Buffer.from(bytes));
+      this.events.push({ op: 'put-end', hash: location.hash });
+    } finally {
+      this.running--;
+    }
+  }
+
+  commitVersion(_container: string, _version: number, manifest: Buffer): Promise<void> {
+    this.events.push({ op: 'commit' });
+    this.committed = manifest;
+    return Promise.resolve();
+  }
+}
+
+const source = (path: string, ...pieces: Buffer[]): SnapshotSource => ({ path, mode: 0o600, open: () => pieces });
+
+describe('uploadSnapshot', () => {
+  it('registers each chunk pending before writing it, marks all stored after, commits last', async () => {
+    const store = new MemoryStore();
+    const data = pseudoRandom(24 * MiB, 1);
+    const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', data)] });
+
+    const pendingAt = new Map<string, number>();
+    store.events.forEach((event, at) => {
+      if (event.op === 'index' && event.state === 'pending') for (const hash of event.hashes) pendingAt.set(hash, at);
+    });
+    const storedAt = store.events.findIndex((e) => e.op === 'index' && e.state === 'stored');
+    const commitAt = store.events.findIndex((e) => e.op === 'commit');
+    store.events.forEach((event, at) => {
+      if (event.op === 'put-start') expect(pendingAt.get(event.hash)).toBeLessThan(at);
+      if (event.op === 'put-end') expect(at).toBeLessThan(storedAt);
+    });
+    expect(storedAt).toBeLessThan(commitAt);
+    expect(commitAt).toBe(store.events.length - 1);
+    // Groups of at most `concurrency` (4) chunks, one registration each.
+    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(4);
+    expect(result.uploadedChunks).toBe(store.data.size);
+    expect(result.logicalBytes).toBe(data.length);
+    const manifest = decodeManifest(store.committed!);
+    // The manifest's chunks, in order, are exactly what was written, and they concatenate to the input.
+    expect(Buffer.concat(manifest.files[0]!.chunks.map((c) => store.data.get(c.hash)!)).equals(data)).toBe(true);
+    expect(manifest.files[0]!.size).toBe(data.length);
+    expect(Object.values(manifest.compression.reasons).reduce((a, b) => a + b, 0)).toBe(result.uploadedChunks);
+  });
+
+  it('never has more than `concurrency` puts in flight, and keeps them busy', async () => {
+    for (const concurrency of [1, 3]) {
+      const store = new MemoryStore();
+      await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), concurrency, sources: [source('a', pseudoRandom(16 * MiB, 2))] });
+      expect(store.maxRunning).toBe(concurrency);
+    }
+  });
+
+  it('sends a chunk repeated within the snapshot once, and none the container already has', async () => {
+    const store = new MemoryStore();
+    const block = pseudoRandom(3 * MiB, 3);
+    const first = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', block), source('b', block)] });
+    expect(first.reusedChunks).toBeGreaterThan(0);
+    expect(first.uploadedChunks + first.reusedChunks).toBe(decodeManifest(store.committed!).files.flatMap((f) => f.chunks).length);
+    const puts = store.events.filter((e) => e.op === 'put-start').map((e) => (e as { hash: string }).hash);
+    expect(new Set(puts).size).toBe(puts.length);
+    const manifest = decodeManifest(store.committed!);
+    expect(manifest.files[1]!.chunks).toEqual(manifest.files[0]!.chunks);
+
+    const again = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', block)] });
+    expect(again.uploadedChunks).toBe(0);
+    expect(again.uploadedBytes).toBe(0);
+  });
+
+  it('records compression decisions and stores compressible chunks compressed', async () => {
+    const store = new MemoryStore();
+    const text = Buffer.from(pseudoRandom(3 * MiB, 4).toString('hex'));
+    const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', text)] });
+    const manifest = decodeManifest(store.committed!);
+    expect(manifest.compression.rawBytes).toBe(text.length);
+    expect(manifest.compression.storedBytes).toBe(result.uploadedBytes);
+    expect(manifest.files[0]!.chunks.some((c) => c.codec === 'brotli')).toBe(true);
+    expect(result.uploadedBytes).toBeLessThan(text.length);
+  });
+
+  it('fails with UploadFailedError, commits nothing and leaves no put running when a put fails', async () => {
+    const store = new MemoryStore();
+    store.putDelayMs = 5;
+    store.onPut = (_location, count) => {
+      if (count === 6) throw new Error('replica down');
+    };
+    const error = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', pseudoRandom(32 * MiB, 5))] }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UploadFailedError);
+    expect((error as Error).message).toMatch(/not committed: replica down/);
+    expect(store.running).toBe(0);
+    expect(store.committed).toBeUndefined();
+    expect(store.events.some((e) => e.op === 'index' && e.state === 'stored')).toBe(false);
+    // It stopped soon after the failure rather than reading and sending the rest.
+    expect(store.events.filter((e) => e.op === 'put-start').length).toBeLessThan(16);
+  });
+
+  it('passes a source error on, with no put left running and nothing committed', async () => {
+    const store = new MemoryStore();
+    store.putDelayMs = 10;
+    function* failingSource(): Generator<Buffer> {
+      for (let i = 0; i < 8; i++) yield pseudoRandom(MiB, 10 + i);
+      throw new Error('read error on pages.img');
+    }
+    const error = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [{ path: 'p', mode: 0o600, open: failingSource }] }).catch((e: unknown) => e);
+    expect((error as Error).message).toBe('read error on pages.img');
+    expect(store.running).toBe(0);
+    expect(store.committed).toBeUndefined();
+  });
+
+  it('streams: bytes read but not yet written stay bounded, far below the size of the dump', async () => {
+    const store = new MemoryStore();
+    store.putDelayMs = 8; // writes slower than reading: the read-ahead fills up and must hold back
+    let read = 0;
+    let maxHeld = 0;
+    let written = 0;
+    store.onPut = (location) => {
+      written += location.rawSize;
+    };
+    function* big(): Generator<Buffer> {
+      for (let i = 0; i < 128 * 16; i++) {
+        // 128 MiB in 64 KiB pieces, as a file stream gives them.
+        const key = Buffer.alloc(16);
+        key.writeUInt32LE(i + 1);
+        const piece = createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(64 * KiB));
+        read += piece.length;
+        maxHeld = Math.max(maxHeld, read - written);
+        yield piece;
+      }
+    }
+    const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [{ path: 'p', mode: 0o600, open: big }] });
+    expect(result.logicalBytes).toBe(128 * MiB);
+    // Read-ahead (16 MiB) + a group, a registered group and the puts in flight (4 chunks each) + the chunk being cut.
+    expect(maxHeld).toBeLessThan(48 * MiB);
+  });
+});
