@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 import importX from 'eslint-plugin-import-x';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', '.cache/', 'bin/', 'eslint.config.mjs'] },
+  { ignores: ['node_modules/', 'dist/', '.cache/', 'bin/', 'eslint.config.mjs', 'scripts/*.mjs', 'src/api/generated/'] },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {

@@ -1,5 +1,5 @@
 import { dispatch, query, start, type ActorSystemRef, type Ref, type SupervisionActorFunc } from 'nact';
-import { FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type ErrorCode } from '../util/errors.ts';
+import { CodedError, FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type ErrorCode } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
 /**
@@ -25,16 +25,6 @@ export function errorReply(err: unknown): Reply<never> {
   return { ok: false, code: err instanceof LxcrError ? err.code : 'INTERNAL', message: errorMessage(err) };
 }
 
-/** The error a failed Reply carries, rebuilt on the asking side with its code. */
-export class ActorReplyError extends LxcrError {
-  constructor(
-    readonly code: ErrorCode,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 /**
  * Sends a message and forgets it. nact drops a message to a stopped actor without a word, so a caller that
  * needs to know whether it arrived must {@link ask} instead (which fails for a stopped actor).
@@ -55,7 +45,8 @@ export async function ask<Req, Res>(actor: Ref<Req>, request: (replyTo: Ref<Repl
     throw new FailedPreconditionError(`${what}: its actor is stopped (${errorMessage(err)})`, { cause: err });
   }
   if (reply.ok) return reply.value;
-  throw new ActorReplyError(reply.code, reply.message);
+  // The error a failed Reply carries, rebuilt on the asking side with its code.
+  throw new CodedError(reply.code, reply.message);
 }
 
 /**

@@ -9,6 +9,7 @@ export type ErrorCode =
   | 'NOT_FOUND'
   | 'ALREADY_EXISTS'
   | 'FAILED_PRECONDITION'
+  | 'ABORTED'
   | 'TOOL_MISSING'
   | 'COMMAND_FAILED'
   | 'TIMEOUT'
@@ -45,6 +46,24 @@ export class FailedPreconditionError extends LxcrError {
 }
 
 /** A program we depend on (java, lxc-checkpoint, criu, ...) is not installed or not usable. */
+/**
+ * An error that crossed a boundary as a code and a message (an actor's reply, a remote agent's gRPC status)
+ * and is rebuilt with that code on this side.
+ */
+export class CodedError extends LxcrError {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A compare-and-set lost: another agent changed the record first (e.g. won the claim on a container). */
+export class ConflictError extends LxcrError {
+  readonly code = 'ABORTED';
+}
+
 export class ToolMissingError extends LxcrError {
   readonly code = 'TOOL_MISSING';
   constructor(

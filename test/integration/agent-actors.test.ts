@@ -3,8 +3,7 @@ import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostSupervisor } from '../../src/actors/host-supervisor.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
-import { ActorReplyError } from '../../src/actors/system.ts';
-import { InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
+import { CodedError, InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
 import { run } from '../../src/util/exec.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
@@ -85,8 +84,8 @@ describe("the agent's actors on a real host", () => {
     await lxcFreeze('lxc-freeze');
     try {
       const refused = await supervisor.checkpoint(NEIGHBOUR).catch((e: unknown) => e);
-      expect(refused).toBeInstanceOf(ActorReplyError);
-      expect((refused as ActorReplyError).code).toBe('FAILED_PRECONDITION');
+      expect(refused).toBeInstanceOf(CodedError);
+      expect((refused as CodedError).code).toBe('FAILED_PRECONDITION');
       expect(String(refused)).toMatch(/FROZEN/);
       const healthy = await supervisor.checkpoint(CONTAINER);
       expect(healthy.version).toBeGreaterThan(0);

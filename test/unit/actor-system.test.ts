@@ -1,7 +1,7 @@
 import { spawn, stop } from 'nact';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ActorReplyError, ask, errorReply, replyOf, startActorSystem, tell, type Ref, type Reply } from '../../src/actors/system.ts';
-import { FailedPreconditionError, NotFoundError, TimeoutError } from '../../src/util/errors.ts';
+import { ask, errorReply, replyOf, startActorSystem, tell, type Ref, type Reply } from '../../src/actors/system.ts';
+import { CodedError, FailedPreconditionError, NotFoundError, TimeoutError } from '../../src/util/errors.ts';
 
 type Msg = { n: number; replyTo: Ref<Reply<number>> };
 const system = startActorSystem('actor-system-test');
@@ -16,8 +16,8 @@ describe('the typed actor layer', () => {
   it('answers with the value, or throws the error with its stable code', async () => {
     expect(await ask(doubler, (replyTo) => ({ n: 21, replyTo }), 1000, 'doubling')).toBe(42);
     const error = await ask(doubler, (replyTo) => ({ n: -1, replyTo }), 1000, 'doubling').catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(ActorReplyError);
-    expect((error as ActorReplyError).code).toBe('NOT_FOUND');
+    expect(error).toBeInstanceOf(CodedError);
+    expect((error as CodedError).code).toBe('NOT_FOUND');
     expect((error as Error).message).toBe('no -1');
   });
 

@@ -1,0 +1,108 @@
+import * as grpc from '@grpc/grpc-js';
+import { validateContainerName } from '../runtime/lxc.ts';
+import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
+import type { AgentServiceHandlers } from './generated/lxcr/v1/AgentService.ts';
+import type { RestoreRequest__Output } from './generated/lxcr/v1/RestoreRequest.ts';
+import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
+import { HealthService } from './health.ts';
+import { AGENT_SERVICE_NAME, agentProto, healthProto } from './proto.ts';
+import { toServiceError } from './status.ts';
+
+/** What the agent does for a Restore call; the API layer only validates, calls and maps errors. */
+export interface AgentOperations {
+  restore(request: ValidRestoreRequest): Promise<RestoreResponse>;
+}
+
+export interface ValidRestoreRequest {
+  container: string;
+  /** undefined: the newest committed version. */
+  version: number | undefined;
+  expectedEpoch: number;
+  fromHost: string;
+  requestedBy: string;
+}
+
+export interface AgentServerOptions {
+  /** host:port to listen on; port 0 picks a free one. */
+  address: string;
+  credentials: grpc.ServerCredentials;
+  operations: AgentOperations;
+  logger: Logger;
+}
+
+export interface AgentServer {
+  /** host:port the server listens on (the real port when 0 was asked). */
+  endpoint: string;
+  health: HealthService;
+  /** Stops accepting calls, waits up to `graceMs` for running ones, then cancels the rest. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Checks a Restore request's fields; every problem is named, not just the first. */
+export function validateRestoreRequest(request: RestoreRequest__Output): ValidRestoreRequest {
+  const problems: string[] = [];
+  try {
+    validateContainerName(request.container);
+  } catch (err) {
+    problems.push(errorMessage(err));
+  }
+  for (const [field, value] of [['version', request.version], ['expected_epoch', request.expectedEpoch]] as const) {
+    if (!Number.isSafeInteger(value) || value < 0) problems.push(`${field} must be a non-negative integer, got ${value}`);
+  }
+  if (problems.length > 0) throw new InvalidArgumentError(`invalid Restore request: ${problems.join('; ')}`);
+  return {
+    container: request.container,
+    version: request.version === 0 ? undefined : request.version,
+    expectedEpoch: request.expectedEpoch,
+    fromHost: request.fromHost,
+    requestedBy: request.requestedBy,
+  };
+}
+
+export async function startAgentServer(options: AgentServerOptions): Promise<AgentServer> {
+  const log = options.logger.child('grpc');
+  const server = new grpc.Server();
+  const health = new HealthService([AGENT_SERVICE_NAME]);
+  const handlers: AgentServiceHandlers = {
+    Restore: (call, callback) => {
+      const started = performance.now();
+      Promise.resolve()
+        .then(() => options.operations.restore(validateRestoreRequest(call.request)))
+        .then(
+          (response) => callback(null, response),
+          (err: unknown) => {
+            log.warn('Restore refused or failed', { container: call.request.container, error: errorMessage(err), ms: Math.round(performance.now() - started) });
+            callback(toServiceError(err));
+          },
+        );
+    },
+  };
+  server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
+  server.addService(healthProto.grpc.health.v1.Health.service, health.handlers);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(options.address, options.credentials, (err, boundPort) => (err ? reject(err) : resolve(boundPort))),
+  ).catch((err: unknown) => {
+    throw new InvalidArgumentError(`the agent's gRPC server cannot listen on ${options.address}: ${errorMessage(err)}`, { cause: err });
+  });
+  const host = options.address.slice(0, options.address.lastIndexOf(':'));
+  const endpoint = `${host}:${port}`;
+  log.info('gRPC server listening', { endpoint });
+  return {
+    endpoint,
+    health,
+    stop: async (graceMs = 5000) => {
+      health.shutdown();
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+    },
+  };
+}
