@@ -36,6 +36,27 @@ interface SizeResult {
   compression: Record<string, number>;
   incrementalUploadedMiB: number;
   restoreFromStoreMs: number;
+  /** Resident set size of this process before our first checkpoint, and its peak while it ran (dump + upload). */
+  rssBeforeUploadMiB: number;
+  uploadPeakRssMiB: number;
+}
+
+/**
+ * Samples this process's RSS every few ms while `task` runs and returns the peak: what the upload really held
+ * (VmHWM would be the peak of the whole process's life, earlier sizes included).
+ */
+async function peakRss<T>(task: () => Promise<T>): Promise<{ result: T; peakBytes: number }> {
+  let peakBytes = process.memoryUsage.rss();
+  const timer = setInterval(() => {
+    peakBytes = Math.max(peakBytes, process.memoryUsage.rss());
+  }, 10);
+  try {
+    const result = await task();
+    peakBytes = Math.max(peakBytes, process.memoryUsage.rss());
+    return { result, peakBytes };
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 /** The baseline: the same number of bytes as 1 MiB blobs, at the same consistency and concurrency. */
@@ -69,7 +90,10 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
   rmSync(rawDir, { recursive: true, force: true });
 
   const policy = new CompressionPolicy();
-  const first = await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging });
+  const rssBeforeUpload = process.memoryUsage.rss();
+  const { result: first, peakBytes: uploadPeakRss } = await peakRss(() =>
+    checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging }),
+  );
   const uploadMs = first.manifest.timings.uploadMs;
 
   await dirtyMemory(host, name, Math.max(1, Math.round(sizeMiB / 10)));
@@ -99,6 +123,8 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
     compression: first.manifest.compression.reasons,
     incrementalUploadedMiB: second.uploadedBytes / MiB,
     restoreFromStoreMs,
+    rssBeforeUploadMiB: rssBeforeUpload / MiB,
+    uploadPeakRssMiB: uploadPeakRss / MiB,
   };
 }
 
@@ -129,6 +155,7 @@ async function main(): Promise<void> {
           `raw lxc-checkpoint: dump ${round(r.rawDumpMs)} ms (${round(r.imageMiB)} MiB of images), restore ${round(r.rawRestoreMs)} ms`,
           `checkpoint: frozen ${round(r.freezeMs)} ms, uploaded ${round(r.uploadedMiB)} MiB in ${round(r.uploadMs)} ms = ${round(r.uploadMiBps)} MiB/s (bare driver loop ${round(r.bareLoopMiBps)} MiB/s), durable after ${round(r.durableMs)} ms`,
           `compression decisions: ${JSON.stringify(r.compression)}`,
+          `peak RSS of this process during the checkpoint: ${round(r.uploadPeakRssMiB, 1)} MiB (${round(r.rssBeforeUploadMiB, 1)} MiB before it; the dump is streamed, never held whole)`,
           `second checkpoint after ~10% of memory changed: uploaded ${round(r.incrementalUploadedMiB)} MiB`,
           `restore from Cassandra (download, verify, lay out, lxc-checkpoint -r): ${round(r.restoreFromStoreMs)} ms`,
         ].join('\n'),
@@ -156,6 +183,7 @@ async function main(): Promise<void> {
     summary[`restore_from_store_ms_${r.sizeMiB}`] = round(r.restoreFromStoreMs);
     summary[`raw_restore_ms_${r.sizeMiB}`] = round(r.rawRestoreMs);
     summary[`incremental_upload_ratio_${r.sizeMiB}`] = round(r.incrementalUploadedMiB / r.uploadedMiB, 3);
+    summary[`upload_peak_rss_mib_${r.sizeMiB}`] = round(r.uploadPeakRssMiB, 1);
   }
   process.stdout.write(`${JSON.stringify(summary)}\n`);
 }
