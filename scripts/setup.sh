@@ -26,7 +26,7 @@ node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
 # Debian packages. CRIU's build dependencies are listed here too so that a CRIU build never stops half-way
 # for a missing header; they are small.
 packages=(
-  lxc busybox-static nftables openjdk-17-jre-headless xz-utils dpkg-dev
+  lxc busybox-static nftables openjdk-17-jre-headless openjdk-17-jdk-headless xz-utils dpkg-dev
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
   libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev pkgconf python3-protobuf gcc make
 )
@@ -61,4 +61,19 @@ criu=$(bash "$repo/scripts/setup-criu.sh" | tail -n 1) || die "no working CRIU (
 say "CRIU: $criu ($("$criu" --version 2>/dev/null | head -n 1))"
 
 mkdir -p "$cache"
+
+# The agent's JMX gossip probe, compiled once per version of its source into the directory the agent looks in
+# (src/cluster/jmx-gossip.ts: .cache/gossip-probe/<first 16 hex of the source's sha256>/).
+probe_src=$repo/src/cluster/jmx/GossipProbe.java
+probe_dir=$cache/gossip-probe/$(sha256sum "$probe_src" | cut -c1-16)
+if [ ! -f "$probe_dir/GossipProbe.class" ]; then
+  say "compiling the JMX gossip probe into $probe_dir"
+  mkdir -p "$cache/gossip-probe"
+  probe_tmp=$(mktemp -d "$probe_dir.tmp-XXXXXX")
+  javac -nowarn -d "$probe_tmp" "$probe_src" >&2 || { rm -rf "$probe_tmp"; die "javac failed on $probe_src (see above); rerun: $rerun"; }
+  chmod 755 "$probe_tmp"
+  mv -T "$probe_tmp" "$probe_dir" 2>/dev/null || rm -rf "$probe_tmp" # another run compiled it meanwhile
+else
+  say "JMX gossip probe compiled"
+fi
 say "ready"

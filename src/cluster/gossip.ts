@@ -136,7 +136,8 @@ export abstract class PollingGossipView implements GossipView {
 
   protected fail(detail: string, cause?: unknown): GossipUnavailableError {
     const error = new GossipUnavailableError(this.source, detail, cause === undefined ? undefined : { cause });
-    const first = this.error?.detail !== detail;
+    // Once per distinct failure: "no answer for 2004 ms" repeats "no answer for 1003 ms".
+    const first = this.error === undefined || sameFailure(this.error.detail) !== sameFailure(detail);
     this.error = error;
     if (first && !this.closed) {
       this.logger.warn(error.message);
@@ -152,6 +153,10 @@ export abstract class PollingGossipView implements GossipView {
       this.logger.error('a gossip view listener threw', { error: errorMessage(err) });
     }
   }
+}
+
+function sameFailure(detail: string): string {
+  return detail.replace(/\d+/g, '#');
 }
 
 /** The part of cassandra-driver's Client this needs. */

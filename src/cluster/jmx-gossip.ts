@@ -46,13 +46,20 @@ export interface ProbeError {
   message: string;
 }
 
+/** A poll has been waiting `ms` for the node's answer (printed every interval while it waits). */
+export interface ProbeWaiting {
+  type: 'waiting';
+  stage: string;
+  ms: number;
+}
+
 export interface ProbeHello {
   type: 'hello';
   jmx: string;
   intervalMs: number;
 }
 
-export type ProbeLine = ProbeView | ProbeError | ProbeHello;
+export type ProbeLine = ProbeView | ProbeError | ProbeWaiting | ProbeHello;
 
 function isStringArray(v: unknown): v is string[] {
   return Array.isArray(v) && v.every((x) => typeof x === 'string');
@@ -80,6 +87,9 @@ export function parseProbeLine(text: string): ProbeLine {
     case 'error':
       if (typeof line.stage !== 'string' || typeof line.message !== 'string') throw bad('error without stage or message');
       return { type: 'error', stage: line.stage, message: line.message };
+    case 'waiting':
+      if (typeof line.stage !== 'string' || typeof line.ms !== 'number') throw bad('waiting without stage or ms');
+      return { type: 'waiting', stage: line.stage, ms: line.ms };
     case 'view': {
       for (const key of ['live', 'unreachable', 'joining', 'leaving', 'moving'] as const) {
         if (!isStringArray(line[key])) throw bad(`${key} is not a list of addresses`);
@@ -324,6 +334,9 @@ export class JmxGossipView extends PollingGossipView {
       this.settleWaiters(view);
     } else if (line.type === 'error') {
       this.settleWaiters(undefined, this.fail(`${line.stage}: ${line.message.replace(/\s+/g, ' ')}`));
+    } else if (line.type === 'waiting' && line.ms >= this.options.silentIntervals * this.intervalMs) {
+      // Not yet an answer, so refresh() keeps waiting; but by now the last view has expired: say why.
+      this.fail(`${line.stage}: no answer from JMX for ${line.ms} ms (is the node hung?)`);
     }
   }
 

@@ -34,9 +34,9 @@ import javax.management.remote.JMXServiceURL;
  * Usage: java GossipProbe HOST PORT INTERVAL_MS
  *
  * Lines: {"type":"hello",...} once, then per poll either {"type":"view",...} or {"type":"error",...}. A poll
- * runs on a worker thread: when the node does not answer (a hung JVM accepts connections but never replies),
- * the main thread still prints an error line every interval, so silence always means the probe itself is
- * stuck. A "poll" line on stdin polls at once; end of stdin (the agent is gone) ends the probe.
+ * runs on a worker thread: while the node does not answer (a hung JVM accepts connections but never replies),
+ * the main thread prints {"type":"waiting","stage":...,"ms":...} every interval, so silence always means the
+ * probe itself is stuck. A "poll" line on stdin polls at once; end of stdin (the agent is gone) ends the probe.
  */
 public final class GossipProbe {
   private static final String STORAGE_SERVICE = "org.apache.cassandra.db:type=StorageService";
@@ -47,6 +47,7 @@ public final class GossipProbe {
   /** Racks and data centers almost never change: asked for new endpoints, and again every this many polls. */
   private static final int TOPOLOGY_REFRESH_POLLS = 60;
 
+  private static long responseTimeoutMs;
   private final String host;
   private final int port;
   private final long intervalMs;
@@ -74,7 +75,8 @@ public final class GossipProbe {
     }
     long interval = Long.parseLong(args[2]);
     // Without a read timeout an RMI call to a SIGSTOPped JVM waits forever (its kernel still accepts connections).
-    System.setProperty("sun.rmi.transport.tcp.responseTimeout", String.valueOf(Math.max(2000, 3 * interval)));
+    responseTimeoutMs = Math.max(2000, 3 * interval);
+    System.setProperty("sun.rmi.transport.tcp.responseTimeout", String.valueOf(responseTimeoutMs));
     new GossipProbe(args[0], Integer.parseInt(args[1]), interval).run();
   }
 
@@ -102,12 +104,14 @@ public final class GossipProbe {
         pending = null;
       } catch (TimeoutException e) {
         // Keep waiting for this poll (it ends with the RMI response timeout at the latest); say so meanwhile.
-        emit(error(connection == null ? "connect" : "poll",
-            "no answer from JMX at " + host + ":" + port + " for " + (System.currentTimeMillis() - pendingSince) + " ms (is the node hung?)"));
+        emit("{\"type\":\"waiting\",\"stage\":" + quote(connection == null ? "connect" : "poll")
+            + ",\"ms\":" + (System.currentTimeMillis() - pendingSince) + "}");
       } catch (ExecutionException e) {
         Throwable cause = e.getCause();
         String stage = cause instanceof StageException ? ((StageException) cause).stage : "poll";
-        emit(error(stage, describe(cause instanceof StageException ? cause.getCause() : cause)));
+        Throwable why = cause instanceof StageException ? cause.getCause() : cause;
+        String hung = timedOut(why) ? "no answer from JMX within " + responseTimeoutMs + " ms (is the node hung?): " : "";
+        emit(error(stage, hung + describe(why)));
         pending = null;
       }
       long wait = intervalMs - (System.currentTimeMillis() - started);
@@ -237,6 +241,13 @@ public final class GossipProbe {
 
   private static String error(String stage, String message) {
     return "{\"type\":\"error\",\"stage\":" + quote(stage) + ",\"message\":" + quote(message) + "}";
+  }
+
+  private static boolean timedOut(Throwable t) {
+    for (int depth = 0; t != null && depth < 10; t = t.getCause(), depth++) {
+      if (t instanceof java.net.SocketTimeoutException) return true;
+    }
+    return false;
   }
 
   /** The exception chain, outermost first, without repeating messages. */
