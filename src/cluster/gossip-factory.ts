@@ -18,10 +18,13 @@ export function gossipViewKindFromEnv(value = process.env.LXCR_GOSSIP_VIEW): Gos
 
 /**
  * Starts the agent's gossip view of its local node: the long-lived JMX probe by default, or `nodetool status`
- * polling where the probe cannot run (no JDK to compile it once).
+ * polling where the probe cannot run (no JDK to compile it once). Without an explicit `kind`, LXCR_GOSSIP_VIEW
+ * decides; switched to nodetool that way, the view polls at nodetool's own default period, not the probe's.
  */
 export async function startGossipView(options: GossipViewOptions): Promise<GossipView> {
   if (options.kind === 'nodetool') return new NodetoolGossipView(options);
+  if (options.kind === undefined && gossipViewKindFromEnv() === 'nodetool') {
+    return new NodetoolGossipView({ host: options.host, port: options.port, logger: options.logger });
+  }
   return JmxGossipView.start(options);
 }
-

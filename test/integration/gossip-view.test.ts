@@ -165,7 +165,7 @@ describe('the nodetool gossip view', () => {
     });
     opened.push(viaNodetool);
     expect(viaNodetool).toBeInstanceOf(NodetoolGossipView);
-    const viaJmx = await startGossipView({ host: node.address, port: node.jmxPort, logger });
+    const viaJmx = await startGossipView({ kind: 'jmx', host: node.address, port: node.jmxPort, logger });
     opened.push(viaJmx);
     expect(viaJmx).toBeInstanceOf(JmxGossipView);
     probePids.add((viaJmx as JmxGossipView).probePid()!);
