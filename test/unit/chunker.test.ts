@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import {
   CHUNK_SIZE_LIMIT,
   Chunker,
+  DEFAULT_CHUNKER_OPTIONS,
   type ByteSource,
   type ChunkerOptions,
   GEAR_TABLE,
@@ -148,6 +149,65 @@ describe('chunkStream', () => {
     expect(ends.slice(0, 12)).toEqual([
       19560, 45607, 69303, 89712, 110600, 128203, 151501, 164355, 184010, 195939, 213531, 235426,
     ]);
+  });
+});
+
+/** FastCDC as specified (one chain, whole input at once): what the streaming, two-chain scanner must match. */
+function referenceEnds(data: Uint8Array, options: Required<ChunkerOptions>): number[] {
+  const bits = Math.log2(options.averageSize);
+  const maskBelow = (~0 << (32 - (bits + 2))) | 0;
+  const maskAbove = (~0 << (32 - (bits - 2))) | 0;
+  const ends: number[] = [];
+  for (let start = 0; start < data.length; ) {
+    const averageEnd = Math.min(data.length, start + options.averageSize);
+    const maxEnd = Math.min(data.length, start + options.maxSize);
+    let end = -1;
+    let hash = 0;
+    let i = start + options.minSize;
+    for (; end < 0 && i < averageEnd; i++) {
+      hash = ((hash << 1) + GEAR_TABLE[data[i]!]!) | 0;
+      if ((hash & maskBelow) === 0) end = i + 1;
+    }
+    for (; end < 0 && i < maxEnd; i++) {
+      hash = ((hash << 1) + GEAR_TABLE[data[i]!]!) | 0;
+      if ((hash & maskAbove) === 0) end = i + 1;
+    }
+    if (end < 0) end = maxEnd;
+    ends.push(end);
+    start = end;
+  }
+  return ends;
+}
+
+describe('chunk boundaries against the reference FastCDC', () => {
+  const offsetsOf = async (source: ByteSource, options: ChunkerOptions) => {
+    let offset = 0;
+    const out: number[] = [];
+    for await (const chunk of chunkStream(source, options)) out.push((offset += chunk.length));
+    return out;
+  };
+  const lowEntropy = (bytes: number, seed: number) => {
+    const noise = pseudoRandom(bytes, seed);
+    return Buffer.from(noise.map((b) => (b < 16 ? b : 65 + (b % 4)))); // mostly 4 letters: long spans, late matches
+  };
+
+  it.each([
+    ['small sizes', SMALL],
+    ['tiny sizes (spans near the two-chain threshold)', { minSize: 64, averageSize: 512, maxSize: 2048 }],
+    ['default sizes', DEFAULT_CHUNKER_OPTIONS],
+  ])('match it exactly with %s, however the input is split', async (_name, options) => {
+    const full = { ...DEFAULT_CHUNKER_OPTIONS, ...options };
+    const size = full.maxSize * 6;
+    for (const [seed, data] of [
+      [21, pseudoRandom(size, 21)],
+      [22, lowEntropy(size, 22)],
+      [23, Buffer.concat([pseudoRandom(size / 3, 23), Buffer.alloc(size / 3), pseudoRandom(size / 3, 24)])],
+    ] as const) {
+      const expected = referenceEnds(data, full);
+      expect(expected.length, `seed ${seed}`).toBeGreaterThan(3);
+      expect(await offsetsOf([data], options), `seed ${seed}, one buffer`).toEqual(expected);
+      expect(await offsetsOf(inPieces(data, [1, 313, 64 * KiB, 7, 4095, 100_003]), options), `seed ${seed}, pieces`).toEqual(expected);
+    }
   });
 });
 
