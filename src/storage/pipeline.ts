@@ -179,3 +179,72 @@ export class BusyClock {
     return elapsed;
   }
 }
+
+/**
+ * A ring of memory that chunk bytes are copied into, instead of a fresh buffer per chunk. Chunks live for a few
+ * hundred ms (read-ahead, registration, the put), long enough for V8 to promote their buffers, and a fresh multi-MiB
+ * buffer per chunk made V8 run a full mark-compact every few MiB of upload (~50 per 256 MiB, twice as much GC time
+ * as the bare driver loop). Ring slots are handed out in order and come back roughly in order, as chunks finish.
+ *
+ * `allocate` returns a view into the ring, or a plain new buffer when the ring has no room (so a slow consumer
+ * never blocks on it and correctness never depends on its size). `release` hands a view back once nothing will
+ * read it any more (ignored for a buffer that is not the ring's); space is reused once every slot before it came
+ * back too. A released view must not be read or written again: its bytes will be overwritten.
+ */
+export class ChunkArena {
+  private ring: Buffer | undefined;
+  /** Live slots in allocation order: [start, end), released or not. */
+  private readonly slots: Array<{ start: number; end: number; released: boolean }> = [];
+  private readonly byStart = new Map<number, { start: number; end: number; released: boolean }>();
+  private tail = 0;
+  /** Allocations that did not fit and got their own buffer. */
+  fallbacks = 0;
+
+  constructor(readonly capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`arena capacity must be a positive integer, got ${capacity}`);
+  }
+
+  allocate(size: number): Buffer {
+    const start = this.place(size);
+    if (start < 0) {
+      this.fallbacks++;
+      return Buffer.allocUnsafeSlow(size);
+    }
+    // Allocated on first use: a small upload never touches (or maps) the whole ring.
+    this.ring ??= Buffer.allocUnsafeSlow(this.capacity);
+    const slot = { start, end: start + size, released: false };
+    this.slots.push(slot);
+    this.byStart.set(start, slot);
+    this.tail = slot.end;
+    return this.ring.subarray(start, slot.end);
+  }
+
+  release(view: Uint8Array): void {
+    if (this.ring === undefined || view.buffer !== this.ring.buffer) return;
+    const slot = this.byStart.get(view.byteOffset - this.ring.byteOffset);
+    if (!slot || slot.released) return;
+    slot.released = true;
+    while (this.slots[0]?.released) this.byStart.delete(this.slots.shift()!.start);
+  }
+
+  /** Bytes in live slots and in the gaps between them that cannot be reused yet. */
+  get held(): number {
+    const head = this.slots[0]?.start;
+    if (head === undefined) return 0;
+    return this.tail > head ? this.tail - head : this.capacity - head + this.tail;
+  }
+
+  /** Where a slot of `size` bytes can start, or -1. */
+  private place(size: number): number {
+    if (size <= 0 || size > this.capacity) return -1;
+    const head = this.slots[0]?.start;
+    if (head === undefined) return 0; // empty: start over at the beginning
+    if (this.tail > head) {
+      // Live bytes in [head, tail): free space after tail, then (wrapping) before head.
+      if (this.tail + size <= this.capacity) return this.tail;
+      return size <= head ? 0 : -1;
+    }
+    // Wrapped: live bytes in [head, capacity) and [0, tail); free space is [tail, head).
+    return this.tail + size <= head ? this.tail : -1;
+  }
+}

@@ -7,7 +7,7 @@ import { mapBounded } from '../util/concurrency.ts';
 import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
 import { hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
 import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
-import { BusyClock, mapOrdered, readAhead } from './pipeline.ts';
+import { BusyClock, ChunkArena, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
 import type { ChunkLocation, SnapshotStore } from './store.ts';
 
@@ -95,6 +95,12 @@ class BucketFiller {
 const ENCODE_PARALLELISM = 2;
 /** Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). */
 const READ_AHEAD_BYTES = 16 * 1024 * 1024;
+/**
+ * The ring new chunks' bytes are copied into (see ChunkArena): the read-ahead, the chunks being hashed and
+ * compressed, a group, a registered group and the puts in flight, with room to spare. A chunk that finds no room
+ * gets a buffer of its own.
+ */
+const ARENA_BYTES = 48 * 1024 * 1024;
 
 /** A chunk of a source, hashed, checked against the index and, when new, encoded: what the writer takes. */
 type PreparedChunk =
@@ -104,7 +110,9 @@ type PreparedChunk =
 
 /**
  * Uploads a snapshot as a pipeline of three overlapping stages, each bounded so memory stays a few chunks:
- * 1. reading, chunking and hashing (main thread; the chunker runs at ~1 GB/s, sha256 at ~1.2 GB/s),
+ * 1. reading, chunking (~1 GB/s; chunk bytes copied into a reused ring, see ChunkArena) and hashing (sha256,
+ *    ~1.1 GB/s), on the event loop: on 2 cores shared with Cassandra, CPU time is what limits the upload, and
+ *    moving the hashing to the thread pool cost more of it (see HashingOptions),
  * 2. compressing new chunks where the policy says it pays, ENCODE_PARALLELISM at once on libuv's thread pool,
  *    run ahead of the writes by up to READ_AHEAD_BYTES of prepared chunks,
  * 3. registering new chunks as pending (one batch per group of up to `concurrency`), then writing them with
@@ -137,12 +145,17 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   /** Registered chunks waiting for a put slot: at most one group's worth, so memory stays bounded. */
   const ready: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
 
+  const arena = new ChunkArena(ARENA_BYTES);
   const prepare = async ({ data, hash }: HashedChunk): Promise<PreparedChunk> => {
     const known = stored.get(hash);
-    if (known) return { kind: 'known', hash, size: data.length, location: known };
-    if (fresh.has(hash)) return { kind: 'repeat', hash, size: data.length };
+    if (known || fresh.has(hash)) {
+      arena.release(data); // hashed, and not sent: its bytes are not needed any more
+      return known ? { kind: 'known', hash, size: data.length, location: known } : { kind: 'repeat', hash, size: data.length };
+    }
     fresh.add(hash);
-    return { kind: 'new', hash, size: data.length, encoded: await encodeWithPolicy(data, policy, encodeClock) };
+    const encoded = await encodeWithPolicy(data, policy, encodeClock);
+    if (encoded.stored !== data) arena.release(data); // compressed: the compressed copy is what is sent
+    return { kind: 'new', hash, size: data.length, encoded };
   };
 
   /** Starts puts from `ready` while slots are free; each finished put starts the next. */
@@ -162,6 +175,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
           failure ??= { error };
         },
       ).finally(() => {
+        arena.release(bytes); // written (or failed): the driver is done with it
         inFlight.delete(put);
         launch();
       });
@@ -194,7 +208,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
       let size = 0;
       // Opened only once the previous source's chunks are all registered: a source is read while the writes of the
       // previous chunks run, but never before what came before it is on record.
-      const prepared = readAhead(mapOrdered(hashedChunks(source.open()), ENCODE_PARALLELISM, prepare), {
+      const hashed = hashedChunks(source.open(), undefined, { allocate: (size) => arena.allocate(size) });
+      const prepared = readAhead(mapOrdered(hashed, ENCODE_PARALLELISM, prepare), {
         maxItems: 4 * concurrency,
         maxBytes: READ_AHEAD_BYTES,
         sizeOf: (p) => (p.kind === 'new' ? p.encoded.stored.length : 0),

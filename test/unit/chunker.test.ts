@@ -254,7 +254,7 @@ describe('hashedChunks', () => {
     const data = pseudoRandom(2 * MiB, 8);
     const run = async (parallelism: number) => {
       const out: Array<[string, string]> = [];
-      for await (const { data: chunk, hash } of hashedChunks(inPieces(data, [10 * KiB]), SMALL, parallelism)) out.push([sha256(chunk), hash]);
+      for await (const { data: chunk, hash } of hashedChunks(inPieces(data, [10 * KiB]), SMALL, { hashParallelism: parallelism })) out.push([sha256(chunk), hash]);
       return out;
     };
     const onLoop = await run(0);

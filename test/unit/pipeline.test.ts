@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { BusyClock, mapOrdered, readAhead } from '../../src/storage/pipeline.ts';
+import { BusyClock, ChunkArena, mapOrdered, readAhead } from '../../src/storage/pipeline.ts';
 
 async function collect<T>(source: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
@@ -185,5 +185,68 @@ describe('BusyClock', () => {
     now = 1025;
     expect(clock.end()).toBe(25);
     expect(() => clock.end()).toThrow(RangeError);
+  });
+});
+
+describe('ChunkArena', () => {
+  it('hands out slots in order, reuses space once released in order, and wraps around', () => {
+    const arena = new ChunkArena(100);
+    const a = arena.allocate(40);
+    const b = arena.allocate(40);
+    expect(a.buffer).toBe(b.buffer);
+    expect(b.byteOffset - a.byteOffset).toBe(40);
+    expect(arena.held).toBe(80);
+    // 30 more do not fit after b, nor before a (still held): a buffer of its own.
+    const own = arena.allocate(30);
+    expect(own.buffer).not.toBe(a.buffer);
+    expect(arena.fallbacks).toBe(1);
+    arena.release(own); // not the arena's: ignored
+    arena.release(a);
+    expect(arena.held).toBe(40);
+    const c = arena.allocate(30); // wraps to the start
+    expect(c.byteOffset).toBe(a.byteOffset);
+    expect(arena.held).toBe(90); // [40, 100) and [0, 30)
+    arena.release(b);
+    arena.release(c);
+    expect(arena.held).toBe(0);
+  });
+
+  it('keeps space held until every earlier slot is back, then frees it all', () => {
+    const arena = new ChunkArena(100);
+    const [a, b, c] = [arena.allocate(30), arena.allocate(30), arena.allocate(30)];
+    arena.release(b);
+    arena.release(c);
+    expect(arena.held).toBe(90); // a still out
+    expect(arena.allocate(20).buffer).not.toBe(a.buffer);
+    arena.release(a);
+    expect(arena.held).toBe(0);
+    expect(arena.allocate(100).byteOffset).toBe(a.byteOffset);
+  });
+
+  it('never gives out bytes of a slot still held (random workload, contents checked)', () => {
+    const arena = new ChunkArena(64 * 1024);
+    const live: Array<{ view: Buffer; fill: number }> = [];
+    let seed = 12345;
+    const random = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    for (let step = 0; step < 5000; step++) {
+      if (live.length > 0 && random() < 0.5) {
+        // Mostly oldest first, sometimes out of order, as chunks finish.
+        const index = random() < 0.8 ? 0 : Math.floor(random() * live.length);
+        const [{ view, fill }] = live.splice(index, 1) as [{ view: Buffer; fill: number }];
+        expect(view.every((byte) => byte === fill)).toBe(true);
+        arena.release(view);
+      } else {
+        const view = arena.allocate(1 + Math.floor(random() * 8 * 1024));
+        const fill = step % 256;
+        view.fill(fill);
+        live.push({ view, fill });
+      }
+    }
+    for (const { view, fill } of live) expect(view.every((byte) => byte === fill)).toBe(true);
+    expect(arena.fallbacks).toBeGreaterThan(0);
+  });
+
+  it('refuses a capacity below 1', () => {
+    expect(() => new ChunkArena(0)).toThrow(RangeError);
   });
 });
