@@ -178,6 +178,14 @@ export class Testbed {
 async function teardownRunDir(runDir: string, logger: Logger): Promise<void> {
   const problems: string[] = [];
   const hostsDir = join(runDir, 'hosts');
+  // Agents first: a live agent would restore or checkpoint the containers being removed.
+  for (const host of existsSync(hostsDir) ? readdirSync(hostsDir) : []) {
+    const pidFile = join(hostsDir, host, 'agent.pid');
+    const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8')) : NaN;
+    if (Number.isInteger(pid) && !(await killAndWait(pid, join(hostsDir, host, 'lxc')))) {
+      problems.push(`the agent of ${host} (pid ${pid}) did not exit after SIGKILL`);
+    }
+  }
   if (existsSync(hostsDir)) {
     try {
       await cleanupLxcHosts(hostsDir);

@@ -30,6 +30,23 @@ export interface HostSupervisorOptions {
   keep?: number;
   /** How long a checkpoint request may wait for its answer. Default 10 min. */
   checkpointTimeoutMs?: number;
+  /**
+   * Who may run which container, in a cluster (see src/failover/fencing.ts). Without it every container on
+   * this host is this host's.
+   */
+  ownership?: OwnershipGuard;
+  /** How often ownership of the supervised containers is re-checked. Default 5 s. */
+  fenceMs?: number;
+}
+
+/** The registry's say on whether this host may run a container. */
+export interface OwnershipGuard {
+  /** True if this host owns the container, adopting it first if nobody does. */
+  mayRun(container: string): Promise<boolean>;
+  /** Of the given containers, those another host owns now (one registry read for all). */
+  ownedElsewhere(containers: readonly string[]): Promise<Set<string>>;
+  /** Records that a stale copy was destroyed here. */
+  destroyedStale(container: string): Promise<void>;
 }
 
 /** A container as the supervisor last saw it; 'CRASHED' marks a stop nobody asked for. */
@@ -71,18 +88,36 @@ export class HostSupervisor {
     tell(this.actor, { type: 'poll' });
   }
 
-  /** Reads every container's state and reacts: adopt the running ones, recover the crashed ones. */
+  /**
+   * Reads every container's state and reacts: adopt the running ones this host may run, destroy the ones another
+   * host owns now (stale copies: this host was taken for dead and its containers restored elsewhere), recover
+   * the crashed ones.
+   */
   private async poll(spawnFor: (name: string) => ContainerActor): Promise<void> {
-    for (const name of await this.options.runtime.list()) {
+    await this.fence();
+    const names = await this.options.runtime.list();
+    if (!this.startupSwept) {
+      this.startupSwept = true;
+      await this.sweepStoppedCopies(names);
+    }
+    for (const name of names) {
       const state = await this.options.runtime.state(name).catch(() => undefined);
       if (state === undefined) continue; // destroyed between list and state
       const previous = this.lastStates.get(name);
       if (state === 'RUNNING' && !this.containers.has(name)) {
+        if (this.options.ownership && !(await this.options.ownership.mayRun(name))) {
+          await this.destroyStale(name);
+          continue;
+        }
         this.containers.set(name, spawnFor(name));
         this.log.info('supervising container', { container: name });
       }
       const actor = this.containers.get(name);
       if (actor && state === 'STOPPED' && (previous === 'RUNNING' || previous === 'FROZEN')) {
+        if (this.options.ownership && !(await this.options.ownership.mayRun(name))) {
+          await this.destroyStale(name);
+          continue;
+        }
         this.lastStates.set(name, 'CRASHED');
         this.log.warn('container stopped without being asked to: restoring it from its last committed snapshot', { container: name });
         tell(actor.ref, { type: 'recover' } satisfies ContainerMessage);
@@ -90,6 +125,49 @@ export class HostSupervisor {
       }
       if (previous !== 'CRASHED' || state === 'RUNNING') this.lastStates.set(name, state);
     }
+  }
+
+  private lastFence = 0;
+  private startupSwept = false;
+
+  /**
+   * At start, a stopped container another host owns is what is left of this host's copy after a failover (the
+   * host crashed, its containers were restored elsewhere): it is destroyed, so it can never be started here.
+   */
+  private async sweepStoppedCopies(names: readonly string[]): Promise<void> {
+    const guard = this.options.ownership;
+    if (!guard || names.length === 0) return;
+    const stopped: string[] = [];
+    for (const name of names) if ((await this.options.runtime.state(name).catch(() => undefined)) === 'STOPPED') stopped.push(name);
+    for (const name of await guard.ownedElsewhere(stopped)) await this.destroyStale(name);
+  }
+
+  /** Every `fenceMs`, destroys the supervised containers that another host owns now. */
+  private async fence(): Promise<void> {
+    const guard = this.options.ownership;
+    if (!guard || this.containers.size === 0 || Date.now() - this.lastFence < (this.options.fenceMs ?? 5000)) return;
+    this.lastFence = Date.now();
+    for (const name of await guard.ownedElsewhere([...this.containers.keys()])) await this.destroyStale(name);
+  }
+
+  /** Stops supervising a container another host owns and destroys this host's copy of it. */
+  private async destroyStale(name: string): Promise<void> {
+    const actor = this.containers.get(name);
+    if (actor) {
+      actor.stopSchedule();
+      stop(actor.ref);
+      this.containers.delete(name);
+    }
+    this.lastStates.delete(name);
+    this.log.warn('another host owns this container now: destroying the stale copy here', { container: name });
+    await this.options.runtime.stop(name, { kill: true }).catch(() => undefined);
+    await this.options.runtime.destroy(name);
+    await this.options.ownership?.destroyedStale(name);
+  }
+
+  /** Polls now, e.g. right after a container was restored here. */
+  pollNow(): void {
+    tell(this.actor, { type: 'poll' });
   }
 
   /** What the supervisor last saw of each container. */

@@ -1,9 +1,10 @@
 import { InvalidArgumentError, LxcrError, errorMessage } from '../util/errors.ts';
 import { ExitCode, helpText, type Command } from './command.ts';
+import { agentCommand } from './commands/agent.ts';
 import { demoCommand } from './commands/demo.ts';
 import { testbedCommand } from './commands/testbed.ts';
 
-const COMMANDS: readonly Command[] = [demoCommand, testbedCommand];
+const COMMANDS: readonly Command[] = [agentCommand, demoCommand, testbedCommand];
 
 function overview(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);

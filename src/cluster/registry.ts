@@ -3,6 +3,7 @@ import cassandra from 'cassandra-driver';
 import { contentionBackoffMs, isPaxosTimeout } from '../storage/lwt.ts';
 import { replicationMap, validateKeyspaceName, type Replication } from '../storage/schema.ts';
 import { InvalidArgumentError, UnavailableError } from '../util/errors.ts';
+import { eventsSchema } from './events.ts';
 
 const { consistencies } = cassandra.types;
 
@@ -35,10 +36,10 @@ export interface HostRecord {
 
 /**
  * running: the owner runs it and checkpoints it. restoring: a claim moved it to a new owner that is restoring
- * it. replicas-not-found: its owner is down and so are both replica hosts of its snapshots; it is restored
+ * it. restore-failed: that restore failed (the next candidate host is tried). replicas-not-found: its owner is down and so are both replica hosts of its snapshots; it is restored
  * when one of them returns.
  */
-export type OwnershipState = 'running' | 'restoring' | 'replicas-not-found';
+export type OwnershipState = 'running' | 'restoring' | 'restore-failed' | 'replicas-not-found';
 
 export interface Ownership {
   container: string;
@@ -77,6 +78,7 @@ export function registrySchema(keyspace = DEFAULT_META_KEYSPACE, replication: Re
     `CREATE TABLE IF NOT EXISTS ${keyspace}.ownership (
       container text PRIMARY KEY, owner text, epoch bigint, state text, updated_at timestamp
     )`,
+    ...eventsSchema(keyspace),
   ];
 }
 

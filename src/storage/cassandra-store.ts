@@ -32,6 +32,13 @@ export interface CassandraStoreOptions {
 const WRITE = { prepare: true, consistency: consistencies.two };
 const READ = { prepare: true, consistency: consistencies.one };
 const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: consistencies.serial };
+/**
+ * Leases are written at ONE, because a restore must work with one replica host down (that is when failover
+ * restores run), and read at ALL by GC: ONE + ALL > RF, so GC sees every lease written before it reads. GC
+ * needs all replicas up anyway, since it deletes at TWO.
+ */
+const LEASE_WRITE = { prepare: true, consistency: consistencies.one };
+const LEASE_READ = { prepare: true, consistency: consistencies.all };
 
 /** Index rows per batch: ~100 bytes each, far below the batch size warning threshold. */
 const INDEX_BATCH = 200;
@@ -231,16 +238,16 @@ export class CassandraSnapshotStore implements SnapshotStore {
     await this.execute(
       `INSERT INTO ${this.keyspace}.restore_leases (container, version, holder, expires_at) VALUES (?, ?, ?, ?) USING TTL ?`,
       [container, version, holder, new Date(Date.now() + ttlSeconds * 1000), ttlSeconds],
-      WRITE,
+      LEASE_WRITE,
     );
   }
 
   async releaseLease(container: string, version: number, holder: string): Promise<void> {
-    await this.execute(`DELETE FROM ${this.keyspace}.restore_leases WHERE container = ? AND version = ? AND holder = ?`, [container, version, holder], WRITE);
+    await this.execute(`DELETE FROM ${this.keyspace}.restore_leases WHERE container = ? AND version = ? AND holder = ?`, [container, version, holder], LEASE_WRITE);
   }
 
   async leasedVersions(container: string): Promise<Set<number>> {
-    const result = await this.execute(`SELECT version FROM ${this.keyspace}.restore_leases WHERE container = ?`, [container], READ);
+    const result = await this.execute(`SELECT version FROM ${this.keyspace}.restore_leases WHERE container = ?`, [container], LEASE_READ);
     return new Set(result.rows.map((row) => (row['version'] as cassandra.types.Long).toNumber()));
   }
 

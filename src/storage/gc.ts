@@ -14,8 +14,8 @@ import type { SnapshotStore, VersionRecord } from './store.ts';
  * A restore of an older version holds a lease on it (store.leaseVersion) from before it reads the manifest
  * until it has read every chunk. GC leaves a leased version in place, and re-reads the leases after deleting
  * manifests, before deleting chunks: a restore that still found its manifest wrote its lease before GC deleted
- * that manifest (writes at TWO, reads at ONE: each read sees every completed write), so GC sees the lease and
- * keeps the chunks that restore is reading.
+ * that manifest (leases written at ONE and read at ALL, manifests deleted at TWO and read at ONE: each read
+ * sees every completed write), so GC sees the lease and keeps the chunks that restore is reading.
  */
 export interface GcOptions {
   store: SnapshotStore;

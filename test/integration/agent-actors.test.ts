@@ -8,6 +8,7 @@ import { run } from '../../src/util/exec.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { until } from '../support/until.ts';
 
 const testbed = sharedTestbed();
 const host = testbed.host(2);
@@ -18,16 +19,6 @@ const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 let supervisor: HostSupervisor;
-
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 beforeAll(async () => {
   ({ client, store } = await connectStore(testbed, 'agent_test'));

@@ -1,0 +1,156 @@
+import { mkdir } from 'node:fs/promises';
+import * as grpc from '@grpc/grpc-js';
+import cassandra from 'cassandra-driver';
+import { HostSupervisor } from '../actors/host-supervisor.ts';
+import type { ContainerSchedule } from '../actors/container-actor.ts';
+import { AgentClient } from '../api/agent-client.ts';
+import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
+import { AGENT_SERVICE_NAME } from '../api/proto.ts';
+import { EventLog } from '../cluster/events.ts';
+import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
+import type { GossipView } from '../cluster/gossip.ts';
+import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
+import { FailoverCoordinator } from '../failover/coordinator.ts';
+import { RegistryOwnershipGuard } from '../failover/fencing.ts';
+import { RestoreService } from '../failover/restore-service.ts';
+import { LxcRuntime } from '../runtime/lxc.ts';
+import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
+import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
+import { errorMessage } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
+
+/**
+ * One host's agent, assembled: the Cassandra session (snapshot store and cluster registry), the gossip view of
+ * the local node, the host supervisor with its actors, the gRPC server other agents call, and the failover
+ * coordinator. `start` brings them up in dependency order; `stop` takes them down in reverse.
+ */
+
+export interface AgentConfig {
+  hostId: string;
+  /** The host's LXC container directory. */
+  lxcpath: string;
+  /** Local staging for dumps and restores. */
+  stagingDir: string;
+  cassandra: {
+    /** The local node's address (its listen/rpc address): the first contact point and the gossip source. */
+    address: string;
+    /** More contact points, for when the local node is not up yet. */
+    contactPoints?: string[];
+    port?: number;
+    localDataCenter?: string;
+    /** The local node's JMX port, for the gossip view. */
+    jmxPort: number;
+    /** How long a request may wait for a node before the driver tries another. Default 8 s. */
+    readTimeoutMs?: number;
+  };
+  grpc: {
+    /** host:port to listen on (port 0: any free port). */
+    listen: string;
+    /** Until TLS is configured (issue 5), only an explicit insecure setting is accepted. */
+    insecure: true;
+  };
+  schedule?: ContainerSchedule;
+  keep?: number;
+  gossip?: { kind?: GossipViewKind; intervalMs?: number };
+  snapshotKeyspace?: string;
+  snapshotReplication?: Replication;
+  metaKeyspace?: string;
+  metaReplication?: Replication;
+  /** Supervisor poll period. Default 2 s. */
+  pollMs?: number;
+  /** Failover: restores requested at once (default 4); how long followers wait for the leader (default 15 s). */
+  failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
+}
+
+export class Agent {
+  private constructor(
+    readonly config: AgentConfig,
+    private readonly log: Logger,
+    private readonly client: cassandra.Client,
+    readonly gossip: GossipView,
+    readonly supervisor: HostSupervisor,
+    readonly server: AgentServer,
+    private readonly coordinator: FailoverCoordinator,
+    private readonly peers: Map<string, AgentClient>,
+  ) {}
+
+  static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
+    validateHostId(config.hostId);
+    const log = logger.child(config.hostId);
+    await mkdir(config.stagingDir, { recursive: true });
+    const client = new cassandra.Client({
+      contactPoints: [config.cassandra.address, ...(config.cassandra.contactPoints ?? [])],
+      localDataCenter: config.cassandra.localDataCenter ?? 'datacenter1',
+      protocolOptions: { port: config.cassandra.port ?? 9042, maxVersion: 3 },
+      socketOptions: { connectTimeout: 5000, readTimeout: config.cassandra.readTimeoutMs ?? 8000 },
+    });
+    const cleanups: Array<() => Promise<unknown>> = [() => client.shutdown()];
+    const undo = async () => {
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+    };
+    try {
+      await client.connect();
+      const store = new CassandraSnapshotStore({ client, keyspace: config.snapshotKeyspace ?? DEFAULT_KEYSPACE, replication: config.snapshotReplication ?? DEFAULT_REPLICATION });
+      await store.ensureSchema();
+      const registry = new ClusterRegistry({ client, keyspace: config.metaKeyspace ?? DEFAULT_META_KEYSPACE, replication: config.metaReplication ?? DEFAULT_META_REPLICATION });
+      await registry.ensureSchema();
+      const events = new EventLog(client, registry.keyspace, log.child('events'));
+
+      const gossip = await startGossipView(
+        config.gossip?.kind === 'nodetool'
+          ? { kind: 'nodetool', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip.intervalMs, logger: log.child('gossip') }
+          : { kind: 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip') },
+      );
+      cleanups.push(() => gossip.close());
+      // The driver's host-down event is an early hint: re-read gossip now rather than at the next poll.
+      client.on('hostDown', () => void gossip.refresh().catch(() => undefined));
+
+      const runtime = new LxcRuntime({ lxcpath: config.lxcpath, logger: log.child('lxc') });
+      const supervisor = new HostSupervisor({
+        hostId: config.hostId, runtime, store, stagingDir: config.stagingDir, logger: log, pollMs: config.pollMs,
+        schedule: config.schedule, keep: config.keep, ownership: new RegistryOwnershipGuard(registry, config.hostId, events),
+      });
+      cleanups.push(() => supervisor.stop());
+
+      const restoreService = new RestoreService({
+        hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, logger: log.child('restore'),
+        onRestored: () => supervisor.pollNow(),
+      });
+      const server = await startAgentServer({
+        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), operations: restoreService, logger: log,
+      });
+      cleanups.push(() => server.stop());
+      await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt: new Date() });
+
+      const peers = new Map<string, AgentClient>();
+      const coordinator = new FailoverCoordinator({
+        hostId: config.hostId, gossip, registry, store, events, logger: log,
+        clientFor: (endpoint) => {
+          let peer = peers.get(endpoint);
+          if (!peer) peers.set(endpoint, (peer = new AgentClient(endpoint, grpc.credentials.createInsecure())));
+          return peer;
+        },
+        concurrency: config.failover?.concurrency, followerDelayMs: config.failover?.followerDelayMs, reconcileMs: config.failover?.reconcileMs,
+      });
+      coordinator.start();
+      log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
+      return new Agent(config, log, client, gossip, supervisor, server, coordinator, peers);
+    } catch (err) {
+      log.error('agent failed to start', { error: errorMessage(err) });
+      await undo();
+      throw err;
+    }
+  }
+
+  /** Stops taking requests, lets in-flight steps finish (bounded), then closes everything. */
+  async stop(): Promise<void> {
+    this.server.health.setStatus(AGENT_SERVICE_NAME, 'NOT_SERVING');
+    await this.coordinator.stop();
+    await this.supervisor.stop();
+    await this.server.stop();
+    for (const peer of this.peers.values()) peer.close();
+    await this.gossip.close();
+    await this.client.shutdown();
+    this.log.info('agent stopped');
+  }
+}

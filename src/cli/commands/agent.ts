@@ -1,0 +1,80 @@
+import { Agent, type AgentConfig } from '../../agent/agent.ts';
+import { gossipViewKindFromEnv } from '../../cluster/gossip-factory.ts';
+import { InvalidArgumentError } from '../../util/errors.ts';
+import { createLogger } from '../../util/log.ts';
+import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { ExitCode, type Command } from '../command.ts';
+
+const FLAGS = {
+  'host-id': { value: true, description: 'this host\'s id in the cluster (required)' },
+  lxcpath: { value: true, description: 'the host\'s LXC container directory (required)' },
+  cassandra: { value: true, description: 'the local Cassandra node\'s address (required)' },
+  'jmx-port': { value: true, description: 'the local node\'s JMX port, for the gossip view (default 7199)' },
+  'contact-points': { value: true, description: 'more Cassandra addresses, comma-separated' },
+  listen: { value: true, description: 'gRPC address host:port (default CASSANDRA:7500)' },
+  staging: { value: true, description: 'local staging directory (default /var/tmp/lxcr-staging/HOST-ID)' },
+  every: { value: true, description: 'checkpoint every N seconds' },
+  cron: { value: true, description: 'or checkpoint on this node-cron expression' },
+  keep: { value: true, description: 'committed versions kept per container (default 2)' },
+  'meta-rf': { value: true, description: 'replication factor of the registry keyspace (default 3)' },
+  'snapshot-keyspace': { value: true, description: 'snapshot keyspace (default lxcr_snapshots)' },
+  'meta-keyspace': { value: true, description: 'registry keyspace (default lxcr_meta)' },
+  insecure: { value: false, description: 'serve gRPC without TLS (required until TLS lands; local testbeds only)' },
+} as const;
+
+function required(args: ParsedArgs, name: string): string {
+  const value = stringFlag(args, name, '');
+  if (!value) throw new InvalidArgumentError(`--${name} is required`);
+  return value;
+}
+
+export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
+  const hostId = required(args, 'host-id');
+  const address = required(args, 'cassandra');
+  if (args.flags.get('insecure') !== true) {
+    throw new InvalidArgumentError('gRPC without TLS must be asked for explicitly with --insecure (TLS configuration is not available yet)');
+  }
+  const every = args.flags.has('every') ? intFlag(args, 'every', 0, 1, 86_400) : undefined;
+  const cron = stringFlag(args, 'cron', '') || undefined;
+  return {
+    hostId,
+    lxcpath: required(args, 'lxcpath'),
+    stagingDir: stringFlag(args, 'staging', `/var/tmp/lxcr-staging/${hostId}`),
+    cassandra: {
+      address,
+      contactPoints: stringFlag(args, 'contact-points', '').split(',').filter(Boolean),
+      jmxPort: intFlag(args, 'jmx-port', 7199, 1, 65_535),
+    },
+    grpc: { listen: stringFlag(args, 'listen', `${address}:7500`), insecure: true },
+    schedule: cron !== undefined ? { cron } : every !== undefined ? { everyMs: every * 1000 } : {},
+    keep: intFlag(args, 'keep', 2, 1, 1000),
+    gossip: { kind: gossipViewKindFromEnv() },
+    snapshotKeyspace: stringFlag(args, 'snapshot-keyspace', '') || undefined,
+    metaKeyspace: stringFlag(args, 'meta-keyspace', '') || undefined,
+    metaReplication: { class: 'SimpleStrategy', replicationFactor: intFlag(args, 'meta-rf', 3, 1, 9) },
+  };
+}
+
+/**
+ * `lxcr agent`: the daemon, one per host. It prints one JSON line `{"ready":…}` on stdout once it serves, and
+ * stops gracefully on SIGTERM or SIGINT.
+ */
+export const agentCommand: Command = {
+  name: 'agent',
+  summary: 'run the agent daemon of this host (supervision, checkpoints, failover)',
+  usage: '--host-id ID --lxcpath DIR --cassandra ADDRESS --insecure [options]',
+  flags: FLAGS,
+  async run(argv) {
+    const config = agentConfigFromArgs(parseArgs(argv, FLAGS));
+    const logger = createLogger('lxcr-agent');
+    logger.warn('gRPC runs without TLS (--insecure): use this on a local testbed only');
+    const agent = await Agent.start(config, logger);
+    process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await agent.stop();
+    return ExitCode.OK;
+  },
+};

@@ -1,0 +1,116 @@
+import cassandra from 'cassandra-driver';
+import { errorMessage } from '../util/errors.ts';
+import type { Logger } from '../util/log.ts';
+
+const { consistencies, TimeUuid } = cassandra.types;
+
+/**
+ * The cluster's event log, the raw material of the audit trail: every failure detected, restore claimed,
+ * restore done or failed, stale copy destroyed, and so on, with time, host, container, epoch and details.
+ * Rows live in the registry keyspace (RF 3), partitioned by UTC hour so no partition grows without bound, and
+ * expire after a retention period (TTL). Writing an event never fails the operation it records: a lost event is
+ * logged instead.
+ */
+
+export type EventKind =
+  | 'host-down'
+  | 'host-up'
+  | 'restore-requested'
+  | 'restore-claimed'
+  | 'restore-done'
+  | 'restore-failed'
+  | 'replicas-not-found'
+  | 'container-adopted'
+  | 'stale-copy-destroyed';
+
+export interface ClusterEvent {
+  kind: EventKind;
+  /** The host the event happened on (the agent that records it). */
+  host: string;
+  container?: string;
+  epoch?: number;
+  version?: number;
+  durationMs?: number;
+  outcome?: 'ok' | 'failed' | 'refused';
+  /** Free-form details: the error message, the source host, the candidates tried. */
+  detail?: string;
+}
+
+export interface RecordedEvent extends ClusterEvent {
+  at: Date;
+}
+
+export const DEFAULT_EVENT_RETENTION_S = 30 * 24 * 3600;
+
+export function eventsSchema(keyspace: string): string[] {
+  return [
+    `CREATE TABLE IF NOT EXISTS ${keyspace}.events (
+      bucket text, at timeuuid, kind text, host text, container text, epoch bigint, version bigint,
+      duration_ms double, outcome text, detail text,
+      PRIMARY KEY (bucket, at)
+    ) WITH CLUSTERING ORDER BY (at DESC)`,
+  ];
+}
+
+/** The hour partition an instant falls in, e.g. 2026-11-22T05. */
+export function eventBucket(at: Date): string {
+  return at.toISOString().slice(0, 13);
+}
+
+export class EventLog {
+  constructor(
+    private readonly client: cassandra.Client,
+    private readonly keyspace: string,
+    private readonly logger: Logger,
+    private readonly retentionSeconds = DEFAULT_EVENT_RETENTION_S,
+  ) {}
+
+  /** Records an event; resolves when it is written or its loss is logged, never rejects. */
+  async record(event: ClusterEvent): Promise<void> {
+    const at = new Date();
+    try {
+      await this.client.execute(
+        `INSERT INTO ${this.keyspace}.events (bucket, at, kind, host, container, epoch, version, duration_ms, outcome, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
+        [
+          eventBucket(at), TimeUuid.fromDate(at), event.kind, event.host, event.container ?? null, event.epoch ?? null,
+          event.version ?? null, event.durationMs ?? null, event.outcome ?? null, event.detail ?? null, this.retentionSeconds,
+        ],
+        { prepare: true, consistency: consistencies.quorum },
+      );
+    } catch (err) {
+      this.logger.error('could not record an event in the audit trail', { ...event, error: errorMessage(err) });
+    }
+  }
+
+  /** Events of the hour buckets covering [from, to], newest first. */
+  async between(from: Date, to: Date): Promise<RecordedEvent[]> {
+    const events: RecordedEvent[] = [];
+    for (let hour = new Date(to); hour.getTime() >= from.getTime() - 3600_000; hour = new Date(hour.getTime() - 3600_000)) {
+      const result = await this.client.execute(
+        `SELECT at, kind, host, container, epoch, version, duration_ms, outcome, detail FROM ${this.keyspace}.events WHERE bucket = ? AND at >= ? AND at <= ?`,
+        [eventBucket(hour), TimeUuid.min(from, 0), TimeUuid.max(to, 9999)],
+        { prepare: true, consistency: consistencies.quorum },
+      );
+      for (const row of result.rows) events.push(toEvent(row));
+    }
+    return events;
+  }
+}
+
+function toEvent(row: cassandra.types.Row): RecordedEvent {
+  const event: RecordedEvent = { at: (row['at'] as cassandra.types.TimeUuid).getDate(), kind: row['kind'] as EventKind, host: row['host'] as string };
+  const container = row['container'] as string | null;
+  if (container !== null) event.container = container;
+  const epoch = row['epoch'] as cassandra.types.Long | null;
+  if (epoch !== null) event.epoch = epoch.toNumber();
+  const version = row['version'] as cassandra.types.Long | null;
+  if (version !== null) event.version = version.toNumber();
+  const durationMs = row['duration_ms'] as number | null;
+  if (durationMs !== null) event.durationMs = durationMs;
+  const outcome = row['outcome'] as RecordedEvent['outcome'] | null;
+  if (outcome !== null) event.outcome = outcome;
+  const detail = row['detail'] as string | null;
+  if (detail !== null) event.detail = detail;
+  return event;
+}

@@ -1,0 +1,124 @@
+import type cassandra from 'cassandra-driver';
+import { readFileSync, existsSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { EventLog } from '../../src/cluster/events.ts';
+import { ClusterRegistry } from '../../src/cluster/registry.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { createLogger } from '../../src/util/log.ts';
+import { agentPidFile, killHost, startAgent, stopAgent } from '../../testcontainers/agents.ts';
+import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { until } from '../support/until.ts';
+
+/**
+ * Failover on the real testbed: three hosts, each with its Cassandra node and an `lxcr agent` process; the
+ * containers of host 3 are checkpointed by its agent, then host 3 is killed (its JVM, agent and containers).
+ */
+
+const testbed = sharedTestbed();
+const SNAPSHOTS = 'failover_snap';
+const META = 'failover_meta';
+const CONTAINERS = ['fo-a', 'fo-b'];
+const FAILED = 3;
+let client: cassandra.Client;
+let store: CassandraSnapshotStore;
+let registry: ClusterRegistry;
+const agentOptions = { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, everySeconds: 3 };
+
+/** Where each container runs now, over all hosts of the testbed. */
+async function runningCopies(container: string): Promise<number[]> {
+  const hosts: number[] = [];
+  for (let i = 1; i <= testbed.hosts.length; i++) {
+    const runtime = runtimeFor(testbed.host(i));
+    if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
+  }
+  return hosts;
+}
+
+/** On failure, what each agent logged at warn and above: the only record of what they decided. */
+function printAgentLogs(): void {
+  for (let i = 1; i <= testbed.hosts.length; i++) {
+    const file = agentPidFile(testbed, i).replace(/agent\.pid$/, 'agent.log');
+    if (!existsSync(file)) continue;
+    const lines = readFileSync(file, 'utf8').split('\n').filter((l) => / (warn|error) /.test(l));
+    process.stderr.write(`--- ${testbed.host(i).hostId} agent (warn+) ---\n${lines.slice(-40).join('\n')}\n`);
+  }
+}
+
+beforeAll(async () => {
+  ({ client, store } = await connectStore(testbed, SNAPSHOTS));
+  // The schema is made once, before the agents start: concurrent DDL from several nodes is what Cassandra
+  // handles worst (the deploy's one-time play does the same).
+  registry = new ClusterRegistry({ client, keyspace: META });
+  await registry.ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+  const host = testbed.host(FAILED);
+  for (const name of CONTAINERS) {
+    await createCounterContainer(host, name);
+    await startContainer(host, name);
+    await waitRunning(host, name);
+  }
+  for (let i = 1; i <= testbed.hosts.length; i++) await startAgent(testbed, i, agentOptions);
+}, 180_000);
+
+afterAll(async () => {
+  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
+  // Leave the shared ring whole for the next test file.
+  if ((await testbed.ring.ringView(1).catch(() => undefined))?.get(testbed.ring.node(FAILED).address)?.status !== 'U') {
+    await testbed.ring.restart(FAILED);
+  }
+  for (let i = 1; i <= testbed.hosts.length; i++) for (const name of CONTAINERS) await removeContainer(runtimeFor(testbed.host(i)), name);
+  await client?.shutdown();
+}, 180_000);
+
+describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epoch)', () => {
+  it('restores each container of the killed host once, on its first live replica host, from at least its last checkpoint', async () => {
+    onTestFailed(printAgentLogs);
+    const failedHost = testbed.host(FAILED);
+    // Owned by host 3 and checkpointed by its agent, with a counter value known to precede the last commit.
+    const before = new Map<string, number>();
+    for (const name of CONTAINERS) {
+      await until(`${name} owned by host3`, async () => ((await registry.ownership(name))?.owner === failedHost.hostId ? true : undefined), 60_000);
+      before.set(name, await readCounter(failedHost, name));
+      const readAt = Date.now();
+      await until(`a checkpoint of ${name} after its counter was read`, async () => ((await store.latestCommitted(name))?.createdAt.getTime() ?? 0) > readAt ? true : undefined, 60_000);
+    }
+    const lastVersion = new Map<string, number>();
+    for (const name of CONTAINERS) lastVersion.set(name, (await store.latestCommitted(name))!.version);
+
+    await killHost(testbed, FAILED);
+
+    const failedAddress = testbed.ring.node(FAILED).address;
+    for (const name of CONTAINERS) {
+      const expected = store.replicas(name).find((address) => address !== failedAddress)!;
+      const expectedHost = testbed.hosts.findIndex((h) => h.address === expected) + 1;
+      const owner = await until(
+        `${name} restored and owned by a live host`,
+        async () => {
+          const o = await registry.ownership(name);
+          return o && o.owner !== failedHost.hostId && o.state === 'running' ? o : undefined;
+        },
+        120_000,
+        500,
+      );
+      expect(owner.owner).toBe(testbed.host(expectedHost).hostId); // the first live replica host, in token-map order
+      expect(owner.epoch).toBe(2);
+      expect(await runningCopies(name)).toEqual([expectedHost]);
+      const counter = await waitForCounterAbove(testbed.host(expectedHost), name, before.get(name)! - 1);
+      expect(counter).toBeGreaterThanOrEqual(before.get(name)!);
+    }
+    const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(Date.now() - 10 * 60_000), new Date());
+    for (const name of CONTAINERS) expect(events.some((e) => e.kind === 'restore-done' && e.container === name && e.outcome === 'ok')).toBe(true);
+    expect(events.some((e) => e.kind === 'host-down' && e.detail?.includes(failedHost.hostId))).toBe(true);
+
+    // Host 3 comes back: its agent finds its stopped copies owned elsewhere and destroys them; still one copy each.
+    await testbed.ring.restart(FAILED);
+    await startAgent(testbed, FAILED, agentOptions);
+    for (const name of CONTAINERS) {
+      await until(`host3's stale copy of ${name} destroyed`, async () => (!(await runtimeFor(failedHost).exists(name)) ? true : undefined), 60_000);
+      expect((await runningCopies(name)).length).toBe(1);
+      // The new owner goes on checkpointing: the version history continues, numbers never reused.
+      await until(`a new checkpoint of ${name} by its new owner`, async () => ((await store.latestCommitted(name))!.version > lastVersion.get(name)! ? true : undefined), 60_000);
+    }
+  });
+});

@@ -1,0 +1,159 @@
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { run } from '../src/util/exec.ts';
+import { TestbedError } from '../src/util/errors.ts';
+import { forgetOnExit, isOurs, killAndWait, killOnExit, signalIfOurs } from './processes.ts';
+import { runtimeFor } from './lxc.ts';
+import type { Testbed } from './testbed.ts';
+
+/**
+ * Agents on the testbed: one `lxcr agent` process per simulated host, started from this checkout. Each agent's
+ * PID is written next to its host's lxcpath (`hosts/hostN/agent.pid`), and its command line carries that
+ * lxcpath, so a teardown or a later run's leftover cleanup stops it by PID after checking /proc — never by name.
+ */
+
+const LXCR = fileURLToPath(new URL('../bin/lxcr.js', import.meta.url));
+
+export interface AgentOptions {
+  snapshotKeyspace: string;
+  metaKeyspace: string;
+  /** Checkpoint period, seconds. */
+  everySeconds?: number;
+  /** How long to wait for the agent's ready line. Default 60 s. */
+  readyTimeoutMs?: number;
+  /** Extra environment, e.g. LXCR_LOG_LEVEL. */
+  env?: Record<string, string>;
+}
+
+export interface TestbedAgent {
+  hostIndex: number;
+  hostId: string;
+  pid: number;
+  grpcEndpoint: string;
+  logFile: string;
+}
+
+function hostDir(testbed: Testbed, index: number): string {
+  return join(testbed.runDir, 'hosts', testbed.host(index).hostId);
+}
+
+export function agentPidFile(testbed: Testbed, index: number): string {
+  return join(hostDir(testbed, index), 'agent.pid');
+}
+
+/** The marker that must be in an agent's command line before it is signalled: its host's lxcpath. */
+function agentMarker(testbed: Testbed, index: number): string {
+  return testbed.host(index).lxcpath;
+}
+
+export async function startAgent(testbed: Testbed, index: number, options: AgentOptions): Promise<TestbedAgent> {
+  const host = testbed.host(index);
+  const node = testbed.ring.node(index);
+  const dir = hostDir(testbed, index);
+  mkdirSync(dir, { recursive: true });
+  const logFile = join(dir, 'agent.log');
+  const args = [
+    LXCR, 'agent', '--host-id', host.hostId, '--lxcpath', host.lxcpath, '--cassandra', host.address,
+    '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
+    '--staging', join(dir, 'staging'), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
+    '--meta-rf', String(Math.min(3, testbed.hosts.length)), '--insecure',
+    ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
+  ];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+  const pid = child.pid;
+  if (pid === undefined) throw new TestbedError(`could not start the agent of ${host.hostId}`);
+  writeFileSync(agentPidFile(testbed, index), String(pid));
+  killOnExit(pid, agentMarker(testbed, index));
+  const log = createWriteStream(logFile, { flags: 'a' });
+  child.stderr.pipe(log);
+  const grpcEndpoint = await new Promise<string>((resolve, reject) => {
+    let buffered = '';
+    const timer = setTimeout(() => reject(new TestbedError(`the agent of ${host.hostId} was not ready within ${options.readyTimeoutMs ?? 60_000} ms; see ${logFile}`)), options.readyTimeoutMs ?? 60_000);
+    child.stdout.on('data', (data: Buffer) => {
+      buffered += data.toString();
+      const line = buffered.split('\n').find((l) => l.startsWith('{"ready"'));
+      if (line) {
+        clearTimeout(timer);
+        resolve((JSON.parse(line) as { ready: { grpc: string } }).ready.grpc);
+      }
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new TestbedError(`the agent of ${host.hostId} exited (${signal ?? code}) before it was ready; see ${logFile}:\n${tail(logFile)}`));
+    });
+  }).catch(async (err: unknown) => {
+    await killAndWait(pid, agentMarker(testbed, index));
+    throw err;
+  });
+  child.stdout.resume();
+  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint, logFile };
+}
+
+function tail(file: string, lines = 20): string {
+  return existsSync(file) ? readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
+}
+
+/** The PID recorded for a host's agent, if that process still runs as this testbed's agent. */
+export function runningAgentPid(testbed: Testbed, index: number): number | undefined {
+  const file = agentPidFile(testbed, index);
+  if (!existsSync(file)) return undefined;
+  const pid = Number(readFileSync(file, 'utf8'));
+  return Number.isInteger(pid) && isOurs(pid, agentMarker(testbed, index)) ? pid : undefined;
+}
+
+/** Stops a host's agent gracefully (SIGTERM), then by SIGKILL if it has not exited in `graceMs`. */
+export async function stopAgent(testbed: Testbed, index: number, graceMs = 20_000): Promise<void> {
+  const pid = runningAgentPid(testbed, index);
+  if (pid === undefined) return;
+  signalIfOurs(pid, agentMarker(testbed, index), 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (isOurs(pid, agentMarker(testbed, index)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  await killAndWait(pid, agentMarker(testbed, index));
+  forgetOnExit(pid);
+}
+
+/** A host crash: its agent, its Cassandra node and its containers are killed at once (SIGKILL). */
+export async function killHost(testbed: Testbed, index: number): Promise<void> {
+  const pid = runningAgentPid(testbed, index);
+  await Promise.all([
+    pid === undefined ? Promise.resolve(true) : killAndWait(pid, agentMarker(testbed, index)),
+    testbed.ring.kill(index),
+    killContainers(testbed, index),
+  ]);
+}
+
+async function killContainers(testbed: Testbed, index: number): Promise<void> {
+  const host = testbed.host(index);
+  const runtime = runtimeFor(host);
+  for (const name of await runtime.list()) {
+    if ((await runtime.state(name).catch(() => undefined)) === 'RUNNING') {
+      await run('lxc-stop', ['-P', host.lxcpath, '-n', name, '-k'], { timeoutMs: 20_000 });
+    }
+  }
+}
+
+/** A hung host: its agent, Cassandra node and containers are stopped (SIGSTOP, lxc-freeze) until thawed. */
+export async function freezeHost(testbed: Testbed, index: number): Promise<void> {
+  await signalHost(testbed, index, 'SIGSTOP', 'lxc-freeze');
+  await testbed.ring.freeze(index);
+}
+
+export async function thawHost(testbed: Testbed, index: number): Promise<void> {
+  await testbed.ring.thaw(index);
+  await signalHost(testbed, index, 'SIGCONT', 'lxc-unfreeze');
+}
+
+async function signalHost(testbed: Testbed, index: number, signal: 'SIGSTOP' | 'SIGCONT', tool: 'lxc-freeze' | 'lxc-unfreeze'): Promise<void> {
+  const pid = runningAgentPid(testbed, index);
+  if (pid !== undefined) signalIfOurs(pid, agentMarker(testbed, index), signal);
+  const host = testbed.host(index);
+  const runtime = runtimeFor(host);
+  for (const name of await runtime.list()) {
+    const state = await runtime.state(name).catch(() => undefined);
+    if ((tool === 'lxc-freeze' && state === 'RUNNING') || (tool === 'lxc-unfreeze' && state === 'FROZEN')) {
+      await run(tool, ['-P', host.lxcpath, '-n', name], { timeoutMs: 20_000 });
+    }
+  }
+}
