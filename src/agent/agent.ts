@@ -7,8 +7,9 @@ import { AgentClient } from '../api/agent-client.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
 import { EventLog } from '../cluster/events.ts';
+import { GossipAwarePolicy } from '../cluster/gossip-aware-policy.ts';
 import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
-import type { GossipView } from '../cluster/gossip.ts';
+import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
 import { FailoverCoordinator } from '../failover/coordinator.ts';
 import { RegistryOwnershipGuard } from '../failover/fencing.ts';
@@ -78,13 +79,25 @@ export class Agent {
     validateHostId(config.hostId);
     const log = logger.child(config.hostId);
     await mkdir(config.stagingDir, { recursive: true });
+    const gossip = await startGossipView(
+      config.gossip?.kind === 'nodetool'
+        ? { kind: 'nodetool', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip.intervalMs, logger: log.child('gossip') }
+        : { kind: 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip') },
+    );
+    const localDataCenter = config.cassandra.localDataCenter ?? 'datacenter1';
     const client = new cassandra.Client({
       contactPoints: [config.cassandra.address, ...(config.cassandra.contactPoints ?? [])],
-      localDataCenter: config.cassandra.localDataCenter ?? 'datacenter1',
+      localDataCenter,
       protocolOptions: { port: config.cassandra.port ?? 9042, maxVersion: 3 },
       socketOptions: { connectTimeout: 5000, readTimeout: config.cassandra.readTimeoutMs ?? 8000 },
+      policies: {
+        loadBalancing: new GossipAwarePolicy(cassandra.policies.defaultLoadBalancingPolicy(localDataCenter), (address) => {
+          const member = gossip.current()?.get(address);
+          return member === undefined ? undefined : member.status === 'D';
+        }),
+      },
     });
-    const cleanups: Array<() => Promise<unknown>> = [() => client.shutdown()];
+    const cleanups: Array<() => Promise<unknown>> = [() => gossip.close(), () => client.shutdown()];
     const undo = async () => {
       for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
     };
@@ -96,14 +109,8 @@ export class Agent {
       await registry.ensureSchema();
       const events = new EventLog(client, registry.keyspace, log.child('events'));
 
-      const gossip = await startGossipView(
-        config.gossip?.kind === 'nodetool'
-          ? { kind: 'nodetool', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip.intervalMs, logger: log.child('gossip') }
-          : { kind: 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip') },
-      );
-      cleanups.push(() => gossip.close());
       // The driver's host-down event is an early hint: re-read gossip now rather than at the next poll.
-      client.on('hostDown', () => void gossip.refresh().catch(() => undefined));
+      refreshOnHostDown(client, gossip, log);
 
       const runtime = new LxcRuntime({ lxcpath: config.lxcpath, logger: log.child('lxc') });
       const supervisor = new HostSupervisor({

@@ -2,10 +2,10 @@ import type cassandra from 'cassandra-driver';
 import { readFileSync, existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { EventLog } from '../../src/cluster/events.ts';
-import { ClusterRegistry } from '../../src/cluster/registry.ts';
+import { ClusterRegistry, type Ownership } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { createLogger } from '../../src/util/log.ts';
-import { agentPidFile, killHost, startAgent, stopAgent } from '../../testcontainers/agents.ts';
+import { agentPidFile, freezeHost, killHost, runningAgentPid, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../support/until.ts';
@@ -19,6 +19,9 @@ const testbed = sharedTestbed();
 const SNAPSHOTS = 'failover_snap';
 const META = 'failover_meta';
 const CONTAINERS = ['fo-a', 'fo-b'];
+const HUNG = 'fo-hung';
+const STAYING = 'fo-stay';
+const ALL = [...CONTAINERS, HUNG, STAYING];
 const FAILED = 3;
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -67,7 +70,7 @@ afterAll(async () => {
   if ((await testbed.ring.ringView(1).catch(() => undefined))?.get(testbed.ring.node(FAILED).address)?.status !== 'U') {
     await testbed.ring.restart(FAILED);
   }
-  for (let i = 1; i <= testbed.hosts.length; i++) for (const name of CONTAINERS) await removeContainer(runtimeFor(testbed.host(i)), name);
+  for (let i = 1; i <= testbed.hosts.length; i++) for (const name of ALL) await removeContainer(runtimeFor(testbed.host(i)), name);
   await client?.shutdown();
 }, 180_000);
 
@@ -120,5 +123,65 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
       // The new owner goes on checkpointing: the version history continues, numbers never reused.
       await until(`a new checkpoint of ${name} by its new owner`, async () => ((await store.latestCommitted(name))!.version > lastVersion.get(name)! ? true : undefined), 60_000);
     }
+  });
+
+  it('restores the containers of a hung host (SIGSTOP) once gossip says DN, and after SIGCONT there is still one copy', async () => {
+    onTestFailed(printAgentLogs);
+    const hungHost = testbed.host(FAILED);
+    await createCounterContainer(hungHost, HUNG);
+    await startContainer(hungHost, HUNG);
+    await waitRunning(hungHost, HUNG);
+    await until(`${HUNG} owned by host3`, async () => ((await registry.ownership(HUNG))?.owner === hungHost.hostId ? true : undefined), 60_000);
+    const before = await readCounter(hungHost, HUNG);
+    const readAt = Date.now();
+    await until(`a checkpoint of ${HUNG}`, async () => ((await store.latestCommitted(HUNG))?.createdAt.getTime() ?? 0) > readAt ? true : undefined, 60_000);
+
+    await freezeHost(testbed, FAILED);
+    let owner: Ownership | undefined;
+    try {
+      owner = await until(
+        `${HUNG} restored on a live host`,
+        async () => {
+          const o = await registry.ownership(HUNG);
+          return o && o.owner !== hungHost.hostId && o.state === 'running' ? o : undefined;
+        },
+        120_000,
+        500,
+      );
+      const index = testbed.hosts.findIndex((h) => h.hostId === owner!.owner) + 1;
+      expect(await runningCopies(HUNG)).toEqual([index]); // host 3's copy is frozen, not running
+      expect(await waitForCounterAbove(testbed.host(index), HUNG, before - 1)).toBeGreaterThanOrEqual(before);
+    } finally {
+      await thawHost(testbed, FAILED);
+    }
+    // Thawed, host 3's agent sees another owner and destroys its copy instead of letting it run on.
+    await until(`host3's stale copy of ${HUNG} destroyed`, async () => (!(await runtimeFor(hungHost).exists(HUNG)) ? true : undefined), 60_000);
+    expect((await runningCopies(HUNG)).length).toBe(1);
+    expect((await registry.ownership(HUNG))?.owner).toBe(owner!.owner);
+    await testbed.ring.waitStatus(FAILED, 'U', 60_000);
+  });
+
+  it('re-adopts its running containers when an agent crashes and restarts on a live host, restoring nothing', async () => {
+    onTestFailed(printAgentLogs);
+    const host = testbed.host(1);
+    await createCounterContainer(host, STAYING);
+    await startContainer(host, STAYING);
+    await waitRunning(host, STAYING);
+    const adopted = await until(`${STAYING} owned by host1`, async () => {
+      const o = await registry.ownership(STAYING);
+      return o?.owner === host.hostId ? o : undefined;
+    }, 60_000);
+    const pid = runningAgentPid(testbed, 1)!;
+    process.kill(pid, 'SIGKILL'); // the agent alone crashes; the host, its Cassandra node and containers live on
+    const counter = await readCounter(host, STAYING);
+    const restartedAt = new Date();
+    await startAgent(testbed, 1, agentOptions);
+    const committed = (await store.latestCommitted(STAYING))?.version ?? 0;
+    await until(`a checkpoint of ${STAYING} by the restarted agent`, async () => ((await store.latestCommitted(STAYING))?.version ?? 0) > committed ? true : undefined, 60_000);
+    expect(await registry.ownership(STAYING)).toMatchObject({ owner: host.hostId, epoch: adopted.epoch, state: 'running' });
+    expect(await runningCopies(STAYING)).toEqual([1]);
+    expect(await readCounter(host, STAYING)).toBeGreaterThan(counter); // the same process counted on
+    const events = await new EventLog(client, META, createLogger('test', 'error')).between(restartedAt, new Date());
+    expect(events.filter((e) => e.container === STAYING && e.kind.startsWith('restore'))).toEqual([]);
   });
 });

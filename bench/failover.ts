@@ -1,0 +1,151 @@
+// npm run bench:failover — time from a host kill to its containers running again, on the real testbed (3
+// Cassandra nodes, an `lxcr agent` per host, busybox counter containers holding 64 MiB each). For 1, 5 and 20
+// containers on the killed host (LXCR_BENCH_COUNTS), side by side in one run, from the SIGKILL of host 3 (its
+// Cassandra node, agent and containers) to:
+//   (a) DN in the gossip view: the first agent's host-down event;
+//   (b) the first restore started: the first restore-claimed event;
+//   (c) all its containers running again: every one RUNNING on a live host and owned there in the registry.
+// Prints a line per count and, last, one JSON line with detect_s_N, restore_start_s_N, all_running_s_N and
+// scaling_20_vs_5 ((c) − (a) for 20 over (c) − (a) for 5).
+import cassandra from 'cassandra-driver';
+import { EventLog } from '../src/cluster/events.ts';
+import { ClusterRegistry } from '../src/cluster/registry.ts';
+import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
+import { createLogger } from '../src/util/log.ts';
+import { mapBounded } from '../src/util/concurrency.ts';
+import { killHost, startAgent, stopAgent } from '../testcontainers/agents.ts';
+import { CQL_PORT, LOCAL_DATACENTER } from '../testcontainers/cassandra.ts';
+import { createCounterContainer, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
+import { Testbed } from '../testcontainers/testbed.ts';
+
+const counts = (process.env.LXCR_BENCH_COUNTS ?? '1,5,20').split(',').map(Number);
+const MEMORY_MIB = Number(process.env.LXCR_BENCH_MEMORY_MIB ?? 64);
+const FAILED = 3;
+const log = (line: string) => process.stderr.write(`${line}\n`);
+const round = (n: number, digits = 2) => Number(n.toFixed(digits));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface CountResult {
+  count: number;
+  detectS: number;
+  restoreStartS: number;
+  allRunningS: number;
+}
+
+async function until(what: string, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+async function benchCount(testbed: Testbed, client: cassandra.Client, count: number): Promise<CountResult> {
+  const snapshots = `bench_fo_snap_${count}`;
+  const meta = `bench_fo_meta_${count}`;
+  const store = new CassandraSnapshotStore({ client, keyspace: snapshots });
+  await store.ensureSchema();
+  const registry = new ClusterRegistry({ client, keyspace: meta });
+  await registry.ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+
+  const host = testbed.host(FAILED);
+  const names = Array.from({ length: count }, (_, i) => `fo${count}-${i}`);
+  await mapBounded(names, 4, async (name) => {
+    await createCounterContainer(host, name, { memoryMiB: MEMORY_MIB });
+    await startContainer(host, name);
+    await waitRunning(host, name, 120_000);
+  });
+  const agentOptions = { snapshotKeyspace: snapshots, metaKeyspace: meta, everySeconds: 20 };
+  for (let i = 1; i <= testbed.hosts.length; i++) await startAgent(testbed, i, agentOptions);
+  try {
+    await until(
+      `a committed snapshot of all ${count} containers`,
+      async () => (await Promise.all(names.map((n) => store.latestCommitted(n)))).every((v) => v !== undefined),
+      30 * 60_000,
+    );
+    // Let the checkpoint round in progress finish, so the kill does not land mid-upload by chance.
+    await sleep(2000);
+
+    const killedAt = Date.now();
+    await killHost(testbed, FAILED);
+    const live = [1, 2, 3].filter((i) => i !== FAILED).map((i) => testbed.host(i));
+    await until(
+      `all ${count} containers running on a live host`,
+      async () => {
+        const owners = await Promise.all(names.map((n) => registry.ownership(n)));
+        if (!owners.every((o) => o && o.state === 'running' && o.owner !== host.hostId)) return false;
+        const states = await Promise.all(
+          owners.map(async (o) => {
+            const where = live.find((h) => h.hostId === o!.owner)!;
+            return runtimeFor(where).state(o!.container).catch(() => undefined);
+          }),
+        );
+        return states.every((s) => s === 'RUNNING');
+      },
+      10 * 60_000,
+    );
+    const allRunningAt = Date.now();
+    const events = await new EventLog(client, meta, createLogger('bench', 'error')).between(new Date(killedAt - 1000), new Date());
+    const first = (kind: string) => Math.min(...events.filter((e) => e.kind === kind).map((e) => e.at.getTime()));
+    const detectedAt = first('host-down');
+    const restoreStartedAt = first('restore-claimed');
+    return {
+      count,
+      detectS: (detectedAt - killedAt) / 1000,
+      restoreStartS: (restoreStartedAt - killedAt) / 1000,
+      allRunningS: (allRunningAt - killedAt) / 1000,
+    };
+  } finally {
+    for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
+    await testbed.ring.restart(FAILED);
+    for (const h of testbed.hosts) {
+      const runtime = runtimeFor(h);
+      for (const name of names) {
+        if (await runtime.exists(name)) {
+          await runtime.stop(name, { kill: true }).catch(() => undefined);
+          await runtime.destroy(name);
+        }
+      }
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const testbed = await Testbed.start({ name: 'bench-failover', subnet: 50, hosts: 3, logger: createLogger('bench', 'warn') });
+  const client = new cassandra.Client({
+    contactPoints: testbed.contactPoints,
+    localDataCenter: LOCAL_DATACENTER,
+    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
+    socketOptions: { readTimeout: 20_000 },
+  });
+  const results: CountResult[] = [];
+  try {
+    await client.connect();
+    for (const count of counts) {
+      log(`--- ${count} container(s) of ${MEMORY_MIB} MiB on the killed host`);
+      const r = await benchCount(testbed, client, count);
+      results.push(r);
+      log(`DN seen after ${round(r.detectS)} s, first restore started after ${round(r.restoreStartS)} s, all running after ${round(r.allRunningS)} s (${round(r.allRunningS - r.detectS)} s after detection)`);
+    }
+  } finally {
+    await client.shutdown();
+    await testbed.teardown();
+  }
+  const summary: Record<string, number> = { memory_mib: MEMORY_MIB };
+  for (const r of results) {
+    summary[`detect_s_${r.count}`] = round(r.detectS);
+    summary[`restore_start_s_${r.count}`] = round(r.restoreStartS);
+    summary[`all_running_s_${r.count}`] = round(r.allRunningS);
+    summary[`restore_after_detect_s_${r.count}`] = round(r.allRunningS - r.detectS);
+  }
+  const of = (n: number) => results.find((r) => r.count === n);
+  const [five, twenty] = [of(5), of(20)];
+  if (five && twenty) summary.scaling_20_vs_5 = round((twenty.allRunningS - twenty.detectS) / (five.allRunningS - five.detectS), 3);
+  process.stdout.write(`${JSON.stringify(summary)}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench:failover failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});
