@@ -157,7 +157,7 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     // Thawed, host 3's agent sees another owner and destroys its copy instead of letting it run on.
     await until(`host3's stale copy of ${HUNG} destroyed`, async () => (!(await runtimeFor(hungHost).exists(HUNG)) ? true : undefined), 60_000);
     expect((await runningCopies(HUNG)).length).toBe(1);
-    expect((await registry.ownership(HUNG))?.owner).toBe(owner!.owner);
+    expect((await registry.ownership(HUNG))?.owner).toBe(owner.owner);
     await testbed.ring.waitStatus(FAILED, 'U', 60_000);
   });
 
