@@ -1,6 +1,7 @@
 import type { AgentOperations, ValidRestoreRequest } from '../api/agent-server.ts';
 import type { RestoreResponse } from '../api/generated/lxcr/v1/RestoreResponse.ts';
 import { restoreFromStore } from '../checkpoint/procedures.ts';
+import { committedManifest } from '../storage/snapshots.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
@@ -54,6 +55,8 @@ export class RestoreService implements AgentOperations {
     if (current && current.owner === hostId && current.epoch === request.expectedEpoch + 1 && current.state === 'running' && (await this.runsHere(container))) {
       return { container, host: hostId, epoch: current.epoch, version: 0, restoreMs: 0, alreadyRestored: true };
     }
+    // Before any claim: a request for a snapshot that cannot be restored must not move the container anywhere.
+    await committedManifest(this.deps.store, container, request.version);
     if (current && current.epoch !== request.expectedEpoch) {
       throw new ConflictError(
         `${container} is owned by ${current.owner} at epoch ${current.epoch} (${current.state}), not at epoch ${request.expectedEpoch} as the caller saw: another claim won`,
