@@ -206,8 +206,9 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     for (const source of options.sources) {
       const chunks: ChunkRef[] = [];
       let size = 0;
-      // Opened only once the previous source's chunks are all registered: a source is read while the writes of the
-      // previous chunks run, but never before what came before it is on record.
+      // Opened only once every chunk of the previous sources has been taken and every full group of them is
+      // registered (as before the pipeline: the group in progress carries over to this source). Reading this
+      // source overlaps the writes of the previous one's chunks.
       const hashed = hashedChunks(source.open(), undefined, { allocate: (size) => arena.allocate(size) });
       const prepared = readAhead(mapOrdered(hashed, ENCODE_PARALLELISM, prepare), {
         maxItems: 4 * concurrency,
