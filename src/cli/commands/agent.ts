@@ -4,6 +4,7 @@ import { InvalidArgumentError } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
 import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
+import { untilTerminated } from '../signals.ts';
 
 const FLAGS = {
   'host-id': { value: true, description: 'this host\'s id in the cluster (required)' },
@@ -70,10 +71,7 @@ export const agentCommand: Command = {
     logger.warn('gRPC runs without TLS (--insecure): use this on a local testbed only');
     const agent = await Agent.start(config, logger);
     process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
-    await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
-    });
+    await untilTerminated();
     await agent.stop();
     return ExitCode.OK;
   },

@@ -4,6 +4,7 @@ import { Testbed, testbedRoot, cleanupLeftovers } from '../../../testcontainers/
 import { createLogger } from '../../util/log.ts';
 import { intFlag, parseArgs, stringFlag } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
+import { untilTerminated } from '../signals.ts';
 
 const FLAGS = {
   name: { value: true, description: 'testbed name (default "default")' },
@@ -35,10 +36,7 @@ export const testbedCommand: Command = {
           logger,
         });
         process.stdout.write(`${formatRing(await testbed.ring.ringView())}\n\nTestbed "${name}" is up; Ctrl-C tears it down.\n`);
-        await new Promise<void>((resolve) => {
-          process.once('SIGINT', resolve);
-          process.once('SIGTERM', resolve);
-        });
+        await untilTerminated();
         await testbed.teardown();
         return ExitCode.OK;
       }
