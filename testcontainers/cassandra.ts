@@ -121,8 +121,11 @@ data_file_directories:
   - ${join(node.dir, 'data')}
 commitlog_directory: ${join(node.dir, 'commitlog')}
 saved_caches_directory: ${join(node.dir, 'saved_caches')}
-commitlog_sync: periodic
-commitlog_sync_period_in_ms: 10000
+# batch, not the default periodic: a write is acknowledged only once the commit log is on disk. With periodic
+# sync a SIGKILLed 2.1 node came back without the writes of its last 10 s (measured: 0 of 50 rows), and a
+# committed checkpoint must survive the crash of both of its replica hosts.
+commitlog_sync: batch
+commitlog_sync_batch_window_in_ms: 2
 commitlog_segment_size_in_mb: 32
 commitlog_total_space_in_mb: 256
 memtable_heap_space_in_mb: 64

@@ -67,6 +67,12 @@ describe('the Cassandra side of the testbed', () => {
   it('shows a killed node DN on the others and UN again after a restart', async () => {
     const victim = 3;
     const address = testbed.ring.node(victim).address;
+    // Acknowledged just before the kill, with one replica each: the rows on the victim live only in its commit log.
+    await client.execute("CREATE KEYSPACE IF NOT EXISTS testbed_rf1 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}");
+    await client.execute('CREATE TABLE IF NOT EXISTS testbed_rf1.kv (k text PRIMARY KEY, v int)');
+    await testbed.ring.waitSchemaAgreement();
+    const keys = Array.from({ length: 50 }, (_, i) => `durable-${i}`);
+    for (const [i, k] of keys.entries()) await client.execute('INSERT INTO testbed_rf1.kv (k, v) VALUES (?, ?)', [k, i], { prepare: true, consistency: 1 });
     await testbed.ring.kill(victim);
     if (testbed.ring instanceof LocalCassandraRing) expect(testbed.ring.pid(victim)).toBeUndefined();
     // Each survivor's failure detector convicts on its own clock, so wait for both.
@@ -80,9 +86,11 @@ describe('the Cassandra side of the testbed', () => {
       const view = await testbed.ring.ringView(observer);
       expect(view.get(address)?.status).toBe('U');
     }
-    // The restarted node serves its data again.
+    // The restarted node serves its data again, including every write acknowledged before the kill (batch commit log).
     const row = await client.execute('SELECT v FROM testbed_rf2.kv WHERE k = ?', ['alpha'], { prepare: true, consistency: 2 });
     expect(row.first()?.['v']).toEqual(Buffer.from('alpha'));
+    const survived = await Promise.all(keys.map((k) => client.execute('SELECT v FROM testbed_rf1.kv WHERE k = ?', [k], { prepare: true, consistency: 1 })));
+    expect(survived.filter((r) => r.rowLength === 1)).toHaveLength(keys.length);
   });
 
   it('shows a frozen (SIGSTOPped) node DN, and UN again once thawed', async () => {
