@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
-import { contentionBackoffMs, isPaxosTimeout } from '../storage/lwt.ts';
+import { contentionBackoffMs, isPaxosTimeout, isReplicaUnavailable } from '../storage/consistency.ts';
 import { replicationMap, validateKeyspaceName, type Replication } from '../storage/schema.ts';
 import { InvalidArgumentError, UnavailableError } from '../util/errors.ts';
 import { eventsSchema } from './events.ts';
@@ -106,8 +106,12 @@ export class ClusterRegistry {
     );
   }
 
-  async hosts(): Promise<HostRecord[]> {
-    const result = await this.client.execute(`SELECT host_id, cassandra_address, grpc_endpoint, started_at FROM ${this.keyspace}.hosts`, [], READ);
+  /**
+   * The registered hosts. `degraded` reads at ONE when a quorum is not reachable (most hosts down): enough to
+   * see what happened and report it, never used to decide a claim.
+   */
+  async hosts(options: { degraded?: boolean } = {}): Promise<HostRecord[]> {
+    const result = await this.readAll(`SELECT host_id, cassandra_address, grpc_endpoint, started_at FROM ${this.keyspace}.hosts`, {}, options.degraded);
     return result.rows.map((row) => ({
       hostId: row['host_id'] as string,
       cassandraAddress: row['cassandra_address'] as string,
@@ -125,20 +129,26 @@ export class ClusterRegistry {
     return row ? toOwnership(row) : undefined;
   }
 
-  /** Every container's ownership (the table has one small row per container in the cluster). */
-  async allOwnership(): Promise<Ownership[]> {
+  /** Every container's ownership (the table has one small row per container in the cluster); `degraded` as for hosts(). */
+  async allOwnership(options: { degraded?: boolean } = {}): Promise<Ownership[]> {
     const rows: Ownership[] = [];
     let pageState: string | undefined;
     do {
-      const page = await this.client.execute(`SELECT container, owner, epoch, state, updated_at FROM ${this.keyspace}.ownership`, [], {
-        ...READ,
-        fetchSize: 1000,
-        pageState,
-      });
+      const page = await this.readAll(`SELECT container, owner, epoch, state, updated_at FROM ${this.keyspace}.ownership`, { fetchSize: 1000, pageState }, options.degraded);
       rows.push(...page.rows.map(toOwnership));
       pageState = page.pageState ?? undefined;
     } while (pageState);
     return rows;
+  }
+
+  /** A QUORUM read, or with `degraded`, a ONE read when the quorum is unavailable. */
+  private async readAll(query: string, options: cassandra.QueryOptions, degraded = false): Promise<cassandra.types.ResultSet> {
+    try {
+      return await this.client.execute(query, [], { ...READ, ...options });
+    } catch (error) {
+      if (!degraded || !isReplicaUnavailable(error)) throw error;
+      return this.client.execute(query, [], { ...READ, ...options, consistency: consistencies.one });
+    }
   }
 
   /**

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
 import { Semaphore } from '../util/concurrency.ts';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
-import { contentionBackoffMs, isPaxosTimeout } from './lwt.ts';
+import { contentionBackoffMs, isPaxosTimeout, isReplicaUnavailable } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
 import type { ChunkLocation, ChunkState, SnapshotStore, VersionRecord, VersionState } from './store.ts';
@@ -13,8 +13,10 @@ const { consistencies } = cassandra.types;
  * Consistency: with replication factor 2, every write is at TWO, so a call that returns means both replica
  * hosts have the data; a version committed after its chunks therefore has every chunk on 2 replicas. With one
  * replica down, writes fail (the checkpoint fails and is retried on the next period; earlier versions stay
- * untouched) rather than silently leaving a single copy. Reads are at ONE: chunks are immutable and verified
- * by hash, and a restore must work when only one replica host is alive. Version numbers are allocated with a
+ * untouched) rather than silently leaving a single copy. Chunks are read at ONE: they are immutable and
+ * verified by hash, and a restore must work when only one replica host is alive. Versions and the chunk index
+ * are read from both replicas when both answer (a replica that lost recent writes, e.g. a replaced disk, is
+ * then outvoted by the other's newer data) and from the one alive otherwise. Version numbers are allocated with a
  * lightweight transaction on a static column of the home partition, so they are never reused, also after GC
  * deletes versions; that needs both replicas up (Paxos majority of 2).
  */
@@ -31,6 +33,7 @@ export interface CassandraStoreOptions {
 
 const WRITE = { prepare: true, consistency: consistencies.two };
 const READ = { prepare: true, consistency: consistencies.one };
+const READ_BOTH = { prepare: true, consistency: consistencies.two };
 const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: consistencies.serial };
 /**
  * Leases are written at ONE, because a restore must work with one replica host down (that is when failover
@@ -60,6 +63,16 @@ export class CassandraSnapshotStore implements SnapshotStore {
     this.keyspace = options.keyspace ?? DEFAULT_KEYSPACE;
     this.replication = options.replication ?? DEFAULT_REPLICATION;
     this.limiter = new Semaphore(options.maxConcurrentRequests ?? DEFAULT_MAX_CONCURRENT_REQUESTS);
+  }
+
+  /** A read from every replica (TWO), or from the one that answers when a replica is down (ONE). */
+  private async readLatest(query: string, params: unknown[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
+    try {
+      return await this.execute(query, params, { ...READ_BOTH, ...options });
+    } catch (error) {
+      if (!isReplicaUnavailable(error) && !(error instanceof UnavailableError)) throw error;
+      return this.execute(query, params, { ...READ, ...options });
+    }
   }
 
   /** Every request goes through here: bounded, and an unreachable cluster reported as such. */
@@ -147,10 +160,10 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async versions(container: string): Promise<VersionRecord[]> {
-    const result = await this.execute(
+    const result = await this.readLatest(
       `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`,
       [container],
-      READ,
+      {},
     );
     // Rows whose version is null are the partition's static row (only next_version), not a version.
     return result.rows.filter((row) => row['version'] !== null).map(toVersionRecord);
@@ -169,10 +182,10 @@ export class CassandraSnapshotStore implements SnapshotStore {
     // Paged: a large container has thousands of chunks.
     let pageState: string | undefined;
     do {
-      const page = await this.execute(
+      const page = await this.readLatest(
         `SELECT hash, bucket, raw_size, stored_size, codec, state, created_at FROM ${this.keyspace}.chunk_index WHERE container = ?`,
         [container],
-        { ...READ, fetchSize: 1000, pageState },
+        { fetchSize: 1000, pageState },
       );
       for (const row of page.rows) {
         const hash = (row['hash'] as Buffer).toString('hex');

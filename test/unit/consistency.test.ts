@@ -1,6 +1,6 @@
 import cassandra from 'cassandra-driver';
 import { describe, expect, it } from 'vitest';
-import { contentionBackoffMs, isPaxosTimeout } from '../../src/storage/lwt.ts';
+import { contentionBackoffMs, isPaxosTimeout } from '../../src/storage/consistency.ts';
 
 const { responseErrorCodes, consistencies } = cassandra.types;
 

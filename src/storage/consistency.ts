@@ -26,3 +26,14 @@ export function isPaxosTimeout(error: unknown): boolean {
 export function contentionBackoffMs(attempt: number, baseMs = 20, capMs = 1000): number {
   return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 }
+
+/**
+ * Whether `error` says the replicas a consistency level needs are not up or did not answer (a host is down),
+ * as opposed to a bad query: the cue for a read to fall back to a lower level.
+ */
+export function isReplicaUnavailable(error: unknown): boolean {
+  if (error instanceof cassandra.errors.NoHostAvailableError || error instanceof cassandra.errors.OperationTimedOutError) return true;
+  if (!(error instanceof cassandra.errors.ResponseError)) return false;
+  const code: number = error.code;
+  return [responseErrorCodes.unavailableException, responseErrorCodes.readTimeout, responseErrorCodes.writeTimeout].map(Number).includes(code);
+}
