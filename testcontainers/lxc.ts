@@ -155,6 +155,13 @@ export async function createCounterContainer(
   await writeFile(join(rootfs, 'etc/inittab'), inittab(memoryMiB));
 }
 
+/** Creates a counter container, starts it and waits until it runs and reports. */
+export async function runCounterContainer(host: LxcHost, name: string, options: CounterContainerOptions = {}, timeoutMs?: number): Promise<void> {
+  await createCounterContainer(host, name, options);
+  await startContainer(host, name);
+  await waitRunning(host, name, timeoutMs);
+}
+
 /** Cold-starts a container. The reports of its previous life are removed first, so they cannot be mistaken. */
 export async function startContainer(host: LxcHost, name: string): Promise<void> {
   const runtime = runtimeFor(host);

@@ -45,6 +45,8 @@ export interface OwnershipGuard {
   mayRun(container: string): Promise<boolean>;
   /** Of the given containers, those another host owns now (one registry read for all). */
   ownedElsewhere(containers: readonly string[]): Promise<Set<string>>;
+  /** Of the given containers, those the registry says run on this host. */
+  runningHere(containers: readonly string[]): Promise<Set<string>>;
   /** Records that a stale copy was destroyed here. */
   destroyedStale(container: string): Promise<void>;
 }
@@ -98,7 +100,7 @@ export class HostSupervisor {
     const names = await this.options.runtime.list();
     if (!this.startupSwept) {
       this.startupSwept = true;
-      await this.sweepStoppedCopies(names);
+      await this.sweepStoppedCopies(names, spawnFor);
     }
     for (const name of names) {
       const state = await this.options.runtime.state(name).catch(() => undefined);
@@ -131,15 +133,25 @@ export class HostSupervisor {
   private startupSwept = false;
 
   /**
-   * At start, a stopped container another host owns is what is left of this host's copy after a failover (the
-   * host crashed, its containers were restored elsewhere): it is destroyed, so it can never be started here.
+   * At start, the stopped containers are what a crash of this host left. One another host owns now was
+   * restored there: this copy is destroyed, so it can never be started here. One still registered as running
+   * here died with the host and was never failed over (the host came back first): it is restored here from its
+   * last committed snapshot, as after any crash. Stopped containers the registry does not know are left alone.
    */
-  private async sweepStoppedCopies(names: readonly string[]): Promise<void> {
+  private async sweepStoppedCopies(names: readonly string[], spawnFor: (name: string) => ContainerActor): Promise<void> {
     const guard = this.options.ownership;
     if (!guard || names.length === 0) return;
     const stopped: string[] = [];
     for (const name of names) if ((await this.options.runtime.state(name).catch(() => undefined)) === 'STOPPED') stopped.push(name);
+    if (stopped.length === 0) return;
     for (const name of await guard.ownedElsewhere(stopped)) await this.destroyStale(name);
+    for (const name of await guard.runningHere(stopped)) {
+      const actor = spawnFor(name);
+      this.containers.set(name, actor);
+      this.lastStates.set(name, 'CRASHED');
+      this.log.warn('container died with this host and is still ours: restoring it from its last committed snapshot', { container: name });
+      tell(actor.ref, { type: 'recover' } satisfies ContainerMessage);
+    }
   }
 
   /** Every `fenceMs`, destroys the supervised containers that another host owns now. */

@@ -114,7 +114,7 @@ export class Agent {
 
       const runtime = new LxcRuntime({ lxcpath: config.lxcpath, logger: log.child('lxc') });
       const supervisor = new HostSupervisor({
-        hostId: config.hostId, runtime, store, stagingDir: config.stagingDir, logger: log, pollMs: config.pollMs,
+        hostId: config.hostId, runtime, store, stagingDir: config.stagingDir, logger, pollMs: config.pollMs,
         schedule: config.schedule, keep: config.keep, ownership: new RegistryOwnershipGuard(registry, config.hostId, events),
       });
       cleanups.push(() => supervisor.stop());

@@ -8,8 +8,9 @@ const { consistencies, TimeUuid } = cassandra.types;
  * The cluster's event log, the raw material of the audit trail: every failure detected, restore claimed,
  * restore done or failed, stale copy destroyed, and so on, with time, host, container, epoch and details.
  * Rows live in the registry keyspace (RF 3), partitioned by UTC hour so no partition grows without bound, and
- * expire after a retention period (TTL). Writing an event never fails the operation it records: a lost event is
- * logged instead.
+ * expire after a retention period (TTL). Writing an event never fails the operation it records: an event that
+ * cannot be written now (the registry's quorum is down, as when most hosts failed) is kept in memory, with its
+ * own time, and written with the next one that can be; beyond `MAX_PENDING` the oldest is dropped and logged.
  */
 
 export type EventKind =
@@ -57,7 +58,11 @@ export function eventBucket(at: Date): string {
   return at.toISOString().slice(0, 13);
 }
 
+const MAX_PENDING = 1000;
+
 export class EventLog {
+  private readonly pending: RecordedEvent[] = [];
+
   constructor(
     private readonly client: cassandra.Client,
     private readonly keyspace: string,
@@ -65,22 +70,44 @@ export class EventLog {
     private readonly retentionSeconds = DEFAULT_EVENT_RETENTION_S,
   ) {}
 
-  /** Records an event; resolves when it is written or its loss is logged, never rejects. */
+  /** Records an event; resolves when it is written or kept for later, never rejects. */
   async record(event: ClusterEvent): Promise<void> {
-    const at = new Date();
-    try {
-      await this.client.execute(
-        `INSERT INTO ${this.keyspace}.events (bucket, at, kind, host, container, epoch, version, duration_ms, outcome, detail)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
-        [
-          eventBucket(at), TimeUuid.fromDate(at), event.kind, event.host, event.container ?? null, event.epoch ?? null,
-          event.version ?? null, event.durationMs ?? null, event.outcome ?? null, event.detail ?? null, this.retentionSeconds,
-        ],
-        { prepare: true, consistency: consistencies.quorum },
-      );
-    } catch (err) {
-      this.logger.error('could not record an event in the audit trail', { ...event, error: errorMessage(err) });
+    this.pending.push({ ...event, at: new Date() });
+    if (this.pending.length > MAX_PENDING) {
+      this.logger.error('audit trail backlog full: an event was dropped', { ...this.pending.shift() });
     }
+    await this.flush();
+  }
+
+  /** Events waiting to be written. */
+  get backlog(): number {
+    return this.pending.length;
+  }
+
+  /** Writes the waiting events in order; stops at the first failure (kept for the next try). */
+  async flush(): Promise<void> {
+    while (this.pending.length > 0) {
+      const event = this.pending[0]!;
+      try {
+        await this.write(event);
+        this.pending.shift();
+      } catch (err) {
+        this.logger.warn('audit trail not writable now; events kept in memory', { waiting: this.pending.length, error: errorMessage(err) });
+        return;
+      }
+    }
+  }
+
+  private async write(event: RecordedEvent): Promise<void> {
+    await this.client.execute(
+      `INSERT INTO ${this.keyspace}.events (bucket, at, kind, host, container, epoch, version, duration_ms, outcome, detail)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
+      [
+        eventBucket(event.at), TimeUuid.fromDate(event.at), event.kind, event.host, event.container ?? null, event.epoch ?? null,
+        event.version ?? null, event.durationMs ?? null, event.outcome ?? null, event.detail ?? null, this.retentionSeconds,
+      ],
+      { prepare: true, consistency: consistencies.quorum },
+    );
   }
 
   /** Events of the hour buckets covering [from, to], newest first. */

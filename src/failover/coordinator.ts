@@ -66,6 +66,8 @@ export class FailoverCoordinator {
   /** When each orphaned container was first seen, for the follower delay. */
   private readonly firstSeen = new Map<string, number>();
   private readonly announcedDown = new Set<string>();
+  /** Containers whose owner and both replica hosts are down, as this coordinator last saw them. */
+  readonly replicasNotFound = new Set<string>();
 
   constructor(private readonly deps: CoordinatorDeps) {
     this.log = deps.logger.child('failover');
@@ -106,7 +108,10 @@ export class FailoverCoordinator {
   private async pass(): Promise<FailoverOutcome[]> {
     const view = this.deps.gossip.current();
     if (!view) return []; // no trustworthy view: never act on a guess
-    const hosts = await this.deps.registry.hosts();
+    await this.deps.events.flush();
+    // Degraded reads: with most hosts down the registry has no quorum, but what it holds still tells which
+    // containers are lost; claims and state changes stay quorum-only.
+    const hosts = await this.deps.registry.hosts({ degraded: true });
     const down = new Set(hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'D').map((h) => h.hostId));
     await this.announce(down);
     const live = hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'U').sort((a, b) => a.hostId.localeCompare(b.hostId));
@@ -114,7 +119,7 @@ export class FailoverCoordinator {
     const leader = live[0]!.hostId === this.deps.hostId;
 
     const now = Date.now();
-    const orphans = (await this.deps.registry.allOwnership()).filter(
+    const orphans = (await this.deps.registry.allOwnership({ degraded: true })).filter(
       (o) => down.has(o.owner) || (o.state === 'restore-failed' && this.retryDue(o, now)) || this.stuckRestoring(o, now),
     );
     for (const container of this.firstSeen.keys()) if (!orphans.some((o) => o.container === container)) this.firstSeen.delete(container);
@@ -162,13 +167,21 @@ export class FailoverCoordinator {
     const { container } = orphan;
     const { replicas, others } = this.candidates(container, view, hosts);
     if (replicas.length === 0) {
-      // Both replica hosts are down: the snapshot cannot be read anywhere.
-      if (orphan.state !== 'replicas-not-found' && (await this.deps.registry.setState(container, orphan.owner, orphan.epoch, 'replicas-not-found'))) {
-        this.log.error('replicas not found: both replica hosts of the container are down', { container, replicas: this.deps.store.replicas(container) });
-        await this.deps.events.record({ kind: 'replicas-not-found', host: this.deps.hostId, container, epoch: orphan.epoch, outcome: 'failed', detail: `replicas ${this.deps.store.replicas(container).join(', ')} are down` });
+      // Both replica hosts are down: the snapshot cannot be read anywhere until one of them is back.
+      if (!this.replicasNotFound.has(container)) {
+        this.replicasNotFound.add(container);
+        const replicaAddresses = this.deps.store.replicas(container);
+        this.log.error('replicas not found: both replica hosts of the container are down; it is restored when one returns', { container, replicas: replicaAddresses });
+        await this.deps.events.record({ kind: 'replicas-not-found', host: this.deps.hostId, container, epoch: orphan.epoch, outcome: 'failed', detail: `replicas ${replicaAddresses.join(', ')} are down` });
+      }
+      if (orphan.state !== 'replicas-not-found') {
+        await this.deps.registry.setState(container, orphan.owner, orphan.epoch, 'replicas-not-found').catch((err: unknown) => {
+          this.log.warn('could not mark replicas-not-found in the registry (no quorum?); retried on the next pass', { container, error: errorMessage(err) });
+        });
       }
       return { container, result: 'replicas-not-found' };
     }
+    this.replicasNotFound.delete(container);
     let epoch = orphan.epoch;
     const failures: string[] = [];
     for (const target of [...replicas, ...others]) {

@@ -33,6 +33,12 @@ export class RegistryOwnershipGuard implements OwnershipGuard {
     return new Set(owners.filter((o) => wanted.has(o.container) && o.owner !== this.hostId).map((o) => o.container));
   }
 
+  async runningHere(containers: readonly string[]): Promise<Set<string>> {
+    const wanted = new Set(containers);
+    const owners = await this.registry.allOwnership();
+    return new Set(owners.filter((o) => wanted.has(o.container) && o.owner === this.hostId && o.state === 'running').map((o) => o.container));
+  }
+
   async destroyedStale(container: string): Promise<void> {
     const current = await this.registry.ownership(container);
     await this.events.record({

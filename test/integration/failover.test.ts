@@ -6,7 +6,8 @@ import { ClusterRegistry, type Ownership } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { agentPidFile, freezeHost, killHost, runningAgentPid, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
-import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
+import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
+import type { SimulatedHost } from '../../testcontainers/testbed.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../support/until.ts';
 
@@ -21,7 +22,8 @@ const META = 'failover_meta';
 const CONTAINERS = ['fo-a', 'fo-b'];
 const HUNG = 'fo-hung';
 const STAYING = 'fo-stay';
-const ALL = [...CONTAINERS, HUNG, STAYING];
+let lost = '';
+const ALL = () => [...CONTAINERS, HUNG, STAYING, ...(lost ? [lost] : [])];
 const FAILED = 3;
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -36,6 +38,18 @@ async function runningCopies(container: string): Promise<number[]> {
     if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
   }
   return hosts;
+}
+
+/**
+ * Waits until `host`'s agent owns the container and has committed a checkpoint taken after the counter was read;
+ * returns that counter value, which every later restore must reach.
+ */
+async function counterBeforeACheckpoint(host: SimulatedHost, name: string): Promise<number> {
+  await until(`${name} owned by ${host.hostId}`, async () => ((await registry.ownership(name))?.owner === host.hostId ? true : undefined), 60_000);
+  const counter = await readCounter(host, name);
+  const readAt = Date.now();
+  await until(`a checkpoint of ${name} after its counter was read`, async () => ((await store.latestCommitted(name))?.createdAt.getTime() ?? 0) > readAt ? true : undefined, 60_000);
+  return counter;
 }
 
 /** On failure, what each agent logged at warn and above: the only record of what they decided. */
@@ -55,22 +69,18 @@ beforeAll(async () => {
   registry = new ClusterRegistry({ client, keyspace: META });
   await registry.ensureSchema();
   await testbed.ring.waitSchemaAgreement();
-  const host = testbed.host(FAILED);
-  for (const name of CONTAINERS) {
-    await createCounterContainer(host, name);
-    await startContainer(host, name);
-    await waitRunning(host, name);
-  }
+  for (const name of CONTAINERS) await runCounterContainer(testbed.host(FAILED), name);
   for (let i = 1; i <= testbed.hosts.length; i++) await startAgent(testbed, i, agentOptions);
 }, 180_000);
 
 afterAll(async () => {
   for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
   // Leave the shared ring whole for the next test file.
-  if ((await testbed.ring.ringView(1).catch(() => undefined))?.get(testbed.ring.node(FAILED).address)?.status !== 'U') {
-    await testbed.ring.restart(FAILED);
+  for (const node of testbed.ring.nodes) {
+    const view = await testbed.ring.ringView(node.index).catch(() => undefined);
+    if (view?.get(node.address)?.status !== 'U') await testbed.ring.restart(node.index);
   }
-  for (let i = 1; i <= testbed.hosts.length; i++) for (const name of ALL) await removeContainer(runtimeFor(testbed.host(i)), name);
+  for (let i = 1; i <= testbed.hosts.length; i++) for (const name of ALL()) await removeContainer(runtimeFor(testbed.host(i)), name);
   await client?.shutdown();
 }, 180_000);
 
@@ -80,12 +90,7 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     const failedHost = testbed.host(FAILED);
     // Owned by host 3 and checkpointed by its agent, with a counter value known to precede the last commit.
     const before = new Map<string, number>();
-    for (const name of CONTAINERS) {
-      await until(`${name} owned by host3`, async () => ((await registry.ownership(name))?.owner === failedHost.hostId ? true : undefined), 60_000);
-      before.set(name, await readCounter(failedHost, name));
-      const readAt = Date.now();
-      await until(`a checkpoint of ${name} after its counter was read`, async () => ((await store.latestCommitted(name))?.createdAt.getTime() ?? 0) > readAt ? true : undefined, 60_000);
-    }
+    for (const name of CONTAINERS) before.set(name, await counterBeforeACheckpoint(failedHost, name));
     const lastVersion = new Map<string, number>();
     for (const name of CONTAINERS) lastVersion.set(name, (await store.latestCommitted(name))!.version);
 
@@ -128,13 +133,8 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
   it('restores the containers of a hung host (SIGSTOP) once gossip says DN, and after SIGCONT there is still one copy', async () => {
     onTestFailed(printAgentLogs);
     const hungHost = testbed.host(FAILED);
-    await createCounterContainer(hungHost, HUNG);
-    await startContainer(hungHost, HUNG);
-    await waitRunning(hungHost, HUNG);
-    await until(`${HUNG} owned by host3`, async () => ((await registry.ownership(HUNG))?.owner === hungHost.hostId ? true : undefined), 60_000);
-    const before = await readCounter(hungHost, HUNG);
-    const readAt = Date.now();
-    await until(`a checkpoint of ${HUNG}`, async () => ((await store.latestCommitted(HUNG))?.createdAt.getTime() ?? 0) > readAt ? true : undefined, 60_000);
+    await runCounterContainer(hungHost, HUNG);
+    const before = await counterBeforeACheckpoint(hungHost, HUNG);
 
     await freezeHost(testbed, FAILED);
     let owner: Ownership | undefined;
@@ -164,9 +164,7 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
   it('re-adopts its running containers when an agent crashes and restarts on a live host, restoring nothing', async () => {
     onTestFailed(printAgentLogs);
     const host = testbed.host(1);
-    await createCounterContainer(host, STAYING);
-    await startContainer(host, STAYING);
-    await waitRunning(host, STAYING);
+    await runCounterContainer(host, STAYING);
     const adopted = await until(`${STAYING} owned by host1`, async () => {
       const o = await registry.ownership(STAYING);
       return o?.owner === host.hostId ? o : undefined;
@@ -183,5 +181,51 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     expect(await readCounter(host, STAYING)).toBeGreaterThan(counter); // the same process counted on
     const events = await new EventLog(client, META, createLogger('test', 'error')).between(restartedAt, new Date());
     expect(events.filter((e) => e.container === STAYING && e.kind.startsWith('restore'))).toEqual([]);
+  });
+
+  it('marks a container whose owner and both replica hosts are down "replicas not found", and restores it when a replica host returns', async () => {
+    onTestFailed(printAgentLogs);
+    const owner = testbed.host(FAILED);
+    const failedAddress = testbed.ring.node(FAILED).address;
+    // A container whose two replica hosts are host 3 (its owner) and one other, X; the third host, Y, survives.
+    for (let i = 0; !lost; i++) if (store.replicas(`fo-lost-${i}`).includes(failedAddress)) lost = `fo-lost-${i}`;
+    const otherReplica = testbed.hosts.findIndex((h) => h.address === store.replicas(lost).find((a) => a !== failedAddress)) + 1;
+    const survivor = [1, 2, 3].find((i) => i !== FAILED && i !== otherReplica)!;
+    await runCounterContainer(owner, lost);
+    const before = await counterBeforeACheckpoint(owner, lost);
+    const readAt = Date.now();
+
+    await Promise.all([killHost(testbed, FAILED), killHost(testbed, otherReplica)]);
+    // The survivor's coordinator says so (its log is what an operator reads; the registry has no quorum now).
+    const survivorLog = agentPidFile(testbed, survivor).replace(/agent\.pid$/, 'agent.log');
+    await until('the survivor to report replicas not found', () => (readFileSync(survivorLog, 'utf8').split('\n').some((l) => l.includes('replicas not found') && l.includes(lost)) ? true : undefined), 90_000, 500);
+    expect(await runningCopies(lost)).toEqual([]);
+
+    // One replica host returns: the container is restored there, from that host's own replica.
+    await testbed.ring.restart(otherReplica);
+    await startAgent(testbed, otherReplica, agentOptions);
+    const restored = await until(
+      `${lost} restored on host${otherReplica}`,
+      async () => {
+        const o = await registry.ownership(lost);
+        return o?.state === 'running' && o.owner === testbed.host(otherReplica).hostId ? o : undefined;
+      },
+      120_000,
+      500,
+    );
+    expect(restored.owner).toBe(testbed.host(otherReplica).hostId);
+    expect(await runningCopies(lost)).toEqual([otherReplica]);
+    expect(await waitForCounterAbove(testbed.host(otherReplica), lost, before - 1)).toBeGreaterThanOrEqual(before);
+    // The audit trail has both, written once the registry had its quorum back.
+    await until('the replicas-not-found event in the audit trail', async () => {
+      const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(readAt), new Date());
+      return events.some((e) => e.kind === 'replicas-not-found' && e.container === lost) && events.some((e) => e.kind === 'restore-done' && e.container === lost) ? true : undefined;
+    }, 60_000, 1000);
+
+    // Host 3 returns too: its stale copy goes, and nothing runs twice.
+    await testbed.ring.restart(FAILED);
+    await startAgent(testbed, FAILED, agentOptions);
+    await until(`host3's stale copy of ${lost} destroyed`, async () => (!(await runtimeFor(owner).exists(lost)) ? true : undefined), 60_000);
+    for (const name of ALL()) expect((await runningCopies(name)).length).toBeLessThanOrEqual(1);
   });
 });
