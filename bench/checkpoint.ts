@@ -11,15 +11,14 @@ import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../src/storage/codec.ts';
 import { mapBounded } from '../src/util/concurrency.ts';
 import { createLogger } from '../src/util/log.ts';
-import { CQL_PORT, LOCAL_DATACENTER } from '../testcontainers/cassandra.ts';
 import { createCounterContainer, dirtyMemory, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
+import { connectBenchClient, log, round } from './support.ts';
 
 const MiB = 1024 * 1024;
 const KEYSPACE = 'lxcr_bench';
 const CONCURRENCY = 4;
 const sizes = (process.env.LXCR_BENCH_SIZES ?? '64,256,1024').split(',').map(Number);
-const log = (line: string) => process.stderr.write(`${line}\n`);
 const mibps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
 
 interface SizeResult {
@@ -128,20 +127,14 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
   };
 }
 
-const round = (n: number, digits = 2) => Number(n.toFixed(digits));
 
 async function main(): Promise<void> {
   const staging = mkdtempSync('/var/tmp/lxcr-bench-');
   const testbed = await Testbed.start({ name: 'bench', subnet: 30, hosts: 3, logger: createLogger('bench', 'warn') });
-  const client = new cassandra.Client({
-    contactPoints: testbed.contactPoints,
-    localDataCenter: LOCAL_DATACENTER,
-    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
-    socketOptions: { readTimeout: 60_000 },
-  });
+  let client: cassandra.Client | undefined;
   const results: SizeResult[] = [];
   try {
-    await client.connect();
+    client = await connectBenchClient(testbed, 60_000);
     const store = new CassandraSnapshotStore({ client, keyspace: KEYSPACE });
     await store.ensureSchema();
     await client.execute(`CREATE TABLE IF NOT EXISTS ${KEYSPACE}.bare (k text, i int, v blob, PRIMARY KEY (k, i))`);
@@ -162,7 +155,7 @@ async function main(): Promise<void> {
       );
     }
   } finally {
-    await client.shutdown();
+    await client?.shutdown();
     await testbed.teardown();
     rmSync(staging, { recursive: true, force: true });
   }

@@ -14,15 +14,13 @@ import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
 import { createLogger } from '../src/util/log.ts';
 import { mapBounded } from '../src/util/concurrency.ts';
 import { killHost, startAgent, stopAgent } from '../testcontainers/agents.ts';
-import { CQL_PORT, LOCAL_DATACENTER } from '../testcontainers/cassandra.ts';
 import { createCounterContainer, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
+import { connectBenchClient, log, round } from './support.ts';
 
 const counts = (process.env.LXCR_BENCH_COUNTS ?? '1,5,20').split(',').map(Number);
 const MEMORY_MIB = Number(process.env.LXCR_BENCH_MEMORY_MIB ?? 64);
 const FAILED = 3;
-const log = (line: string) => process.stderr.write(`${line}\n`);
-const round = (n: number, digits = 2) => Number(n.toFixed(digits));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface CountResult {
@@ -113,15 +111,10 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
 
 async function main(): Promise<void> {
   const testbed = await Testbed.start({ name: 'bench-failover', subnet: 50, hosts: 3, logger: createLogger('bench', 'warn') });
-  const client = new cassandra.Client({
-    contactPoints: testbed.contactPoints,
-    localDataCenter: LOCAL_DATACENTER,
-    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
-    socketOptions: { readTimeout: 20_000 },
-  });
+  let client: cassandra.Client | undefined;
   const results: CountResult[] = [];
   try {
-    await client.connect();
+    client = await connectBenchClient(testbed, 20_000);
     for (const count of counts) {
       log(`--- ${count} container(s) of ${MEMORY_MIB} MiB on the killed host`);
       const r = await benchCount(testbed, client, count);
@@ -129,7 +122,7 @@ async function main(): Promise<void> {
       log(`DN seen after ${round(r.detectS)} s, first restore started after ${round(r.restoreStartS)} s, all running after ${round(r.allRunningS)} s (${round(r.allRunningS - r.detectS)} s after detection)`);
     }
   } finally {
-    await client.shutdown();
+    await client?.shutdown();
     await testbed.teardown();
   }
   const summary: Record<string, number> = { memory_mib: MEMORY_MIB };

@@ -1,8 +1,8 @@
-import { spawn, type Ref } from 'nact';
+import type { Ref } from 'nact';
 import { collectGarbage, type GcReport } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import type { Logger } from '../util/log.ts';
-import { respond, resumeAfterCrash, type Reply } from './system.ts';
+import { spawnServiceActor, type Reply } from './system.ts';
 
 /**
  * The host's garbage collector (GC-CR): after each committed checkpoint of a container, deletes its versions
@@ -20,14 +20,11 @@ export interface GarbageCollectorDeps {
 }
 
 export function spawnGarbageCollector(parent: Ref<unknown>, deps: GarbageCollectorDeps): Ref<GarbageCollectorMessage> {
-  const log = deps.logger.child('gc');
-  return spawn(
+  return spawnServiceActor(
     parent,
-    async (_state: undefined, message: GarbageCollectorMessage) => {
-      await respond(log, `GC of ${message.container}`, () => collectGarbage({ store: deps.store, container: message.container, keep: deps.keep }), message.replyTo);
-      return undefined;
-    },
     'garbage-collector',
-    { onCrash: resumeAfterCrash(log, 'garbage collector') },
+    deps.logger.child('gc'),
+    (message: GarbageCollectorMessage) => `GC of ${message.container}`,
+    (message) => collectGarbage({ store: deps.store, container: message.container, keep: deps.keep }),
   );
 }

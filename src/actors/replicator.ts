@@ -1,9 +1,9 @@
-import { spawn, type Ref } from 'nact';
+import type { Ref } from 'nact';
 import { replicateStaged, type CheckpointToStoreResult, type StagedSnapshot } from '../checkpoint/procedures.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import type { Logger } from '../util/log.ts';
-import { respond, resumeAfterCrash, type Reply } from './system.ts';
+import { spawnServiceActor, type Reply } from './system.ts';
 
 /**
  * The host's replicator: chunks, compresses where that pays, uploads and commits the dumps its containers'
@@ -23,20 +23,11 @@ export interface ReplicatorDeps {
 }
 
 export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref<ReplicatorMessage> {
-  const log = deps.logger.child('replicator');
-  return spawn(
+  return spawnServiceActor(
     parent,
-    async (_state: undefined, message: ReplicatorMessage) => {
-      const { staged } = message;
-      await respond(
-        log,
-        `replication of ${staged.container}`,
-        () => replicateStaged(staged, { store: deps.store, policy: deps.policy, sourceHost: deps.hostId }),
-        message.replyTo,
-      );
-      return undefined;
-    },
     'replicator',
-    { onCrash: resumeAfterCrash(log, 'replicator') },
+    deps.logger.child('replicator'),
+    (message: ReplicatorMessage) => `replication of ${message.staged.container}`,
+    (message) => replicateStaged(message.staged, { store: deps.store, policy: deps.policy, sourceHost: deps.hostId }),
   );
 }

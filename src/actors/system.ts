@@ -1,4 +1,4 @@
-import { dispatch, query, start, type ActorSystemRef, type Ref, type SupervisionActorFunc } from 'nact';
+import { dispatch, query, spawn, start, type ActorSystemRef, type Ref, type SupervisionActorFunc } from 'nact';
 import { CodedError, FailedPreconditionError, LxcrError, TimeoutError, errorMessage, type ErrorCode } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -59,6 +59,28 @@ export async function respond<T>(log: Logger, what: string, step: () => Promise<
     return errorReply(err);
   });
   if (replyTo) tell(replyTo, reply);
+}
+
+/**
+ * A host-wide service actor (the replicator, the garbage collector): one message at a time, each answered with
+ * its outcome through `respond`, crashes logged and resumed.
+ */
+export function spawnServiceActor<Msg extends { replyTo: Ref<Reply<Out>> }, Out>(
+  parent: Ref<unknown>,
+  name: string,
+  log: Logger,
+  describe: (message: Msg) => string,
+  step: (message: Msg) => Promise<Out>,
+): Ref<Msg> {
+  return spawn(
+    parent,
+    async (_state: undefined, message: Msg) => {
+      await respond(log, describe(message), () => step(message), message.replyTo);
+      return undefined;
+    },
+    name,
+    { onCrash: resumeAfterCrash(log, name) },
+  );
 }
 
 /** Supervision for every actor of ours: log what escaped a handler and go on with the next message. */
