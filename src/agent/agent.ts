@@ -120,7 +120,7 @@ export class Agent {
       cleanups.push(() => supervisor.stop());
 
       const restoreService = new RestoreService({
-        hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, logger: log.child('restore'),
+        hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
         onRestored: () => supervisor.pollNow(),
       });
       const server = await startAgentServer({

@@ -126,6 +126,8 @@ export interface RestoreFromStoreOptions {
   holder?: string;
   /** The longest a restore may hold its lease on the version: GC keeps it meanwhile. Default 1 hour. */
   leaseTtlMs?: number;
+  /** This host's Cassandra address: chunks are read from it first when it holds a replica. */
+  localReplica?: string;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
@@ -172,7 +174,7 @@ async function downloadLeased(options: RestoreFromStoreOptions, targetDir: strin
     if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      return await downloadSnapshot({ store, container, version, targetDir });
+      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica });
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {

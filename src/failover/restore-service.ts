@@ -23,6 +23,8 @@ export interface RestoreServiceDeps {
   registry: ClusterRegistry;
   events: EventLog;
   stagingDir: string;
+  /** This host's Cassandra node address: the restore reads its local replica first. */
+  cassandraAddress: string;
   logger: Logger;
   /** Called once a restored container runs here, so the host supervisor adopts it at once. */
   onRestored?: (container: string) => void;
@@ -73,7 +75,7 @@ export class RestoreService implements AgentOperations {
     const started = performance.now();
     try {
       await this.clearStaleCopy(container);
-      const restored = await restoreFromStore({ runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId });
+      const restored = await restoreFromStore({ runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId, localReplica: this.deps.cassandraAddress });
       const restoreMs = performance.now() - started;
       if (!(await registry.setState(container, hostId, epoch, 'running'))) {
         // Claimed away from us while restoring: the new owner's copy is the one; ours must not run.

@@ -294,6 +294,11 @@ export interface DownloadOptions {
   targetDir: string;
   /** Chunk reads in flight at once. Default 4. */
   concurrency?: number;
+  /**
+   * The Cassandra address of this host's own node: when it is one of the container's replicas, chunks are read
+   * from it first, so the first live replica host restores from its local data (LXCloud-CR's Algorithm 3).
+   */
+  localReplica?: string;
 }
 
 export interface DownloadResult {
@@ -324,11 +329,14 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
   let bytes = 0;
   let repairedFromReplica = 0;
+  const replicas = store.replicas(container);
+  const firstSource = options.localReplica !== undefined && replicas.includes(options.localReplica) ? options.localReplica : undefined;
 
   const fetchVerified = async (file: SnapshotFile, ref: ChunkRef): Promise<Buffer> => {
     const problems: string[] = [];
-    // Any replica first (the driver picks), then each replica in turn for a copy that verifies.
-    for (const [attempt, host] of [undefined, ...store.replicas(container)].entries()) {
+    // The local replica or else any replica (the driver picks) first, then each replica in turn for a copy that
+    // verifies.
+    for (const [attempt, host] of [firstSource, ...replicas].entries()) {
       try {
         const stored = await store.getChunk(container, ref, host);
         if (!stored) {
