@@ -3,7 +3,6 @@ import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { finished } from 'node:stream/promises';
-import { mapBounded } from '../util/concurrency.ts';
 import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
 import { hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
 import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
@@ -54,6 +53,8 @@ export interface UploadResult {
 }
 
 const DEFAULT_CONCURRENCY = 4;
+/** Reads are cheaper for Cassandra than writes, and a restore is waited for: more of them in flight. */
+const DEFAULT_DOWNLOAD_CONCURRENCY = 8;
 const DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024;
 
 /** Chooses the bucket for each new chunk: the newest bucket until it is full, then the next co-located one. */
@@ -292,7 +293,7 @@ export interface DownloadOptions {
    * failed download leaves partial files there.
    */
   targetDir: string;
-  /** Chunk reads in flight at once. Default 4. */
+  /** Chunk reads in flight at once. Default 8. */
   concurrency?: number;
   /**
    * The Cassandra address of this host's own node: when it is one of the container's replicas, chunks are read
@@ -326,7 +327,8 @@ export async function committedManifest(store: SnapshotStore, container: string,
 export async function downloadSnapshot(options: DownloadOptions): Promise<DownloadResult> {
   const { store, container, targetDir } = options;
   const manifest = await committedManifest(store, container, options.version);
-  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
+  const concurrency = options.concurrency ?? DEFAULT_DOWNLOAD_CONCURRENCY;
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   let bytes = 0;
   let repairedFromReplica = 0;
   const replicas = store.replicas(container);
@@ -359,23 +361,39 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
     );
   };
 
-  for (const file of manifest.files) {
-    const path = join(targetDir, file.path);
-    await mkdir(dirname(path), { recursive: true });
-    const out = createWriteStream(path, { mode: file.mode });
-    try {
-      // Fetch a window of chunks in parallel, write them in order: memory stays at one window.
-      for (let start = 0; start < file.chunks.length; start += concurrency) {
-        const window = file.chunks.slice(start, start + concurrency);
-        for (const raw of await mapBounded(window, concurrency, (ref) => fetchVerified(file, ref))) {
+  // A sliding window of chunk reads across all files, written in order: reads run ahead (also into the next
+  // file) while earlier chunks are written, and memory stays at `concurrency` chunks.
+  const all = manifest.files.flatMap((file) => file.chunks.map((ref) => ({ file, ref })));
+  const window: Array<Promise<Buffer>> = [];
+  let issued = 0;
+  const refill = () => {
+    while (window.length < concurrency && issued < all.length) {
+      const { file, ref } = all[issued++]!;
+      const read = fetchVerified(file, ref);
+      read.catch(() => undefined); // awaited in order below; a failure must not go unhandled meanwhile
+      window.push(read);
+    }
+  };
+  try {
+    for (const file of manifest.files) {
+      const path = join(targetDir, file.path);
+      await mkdir(dirname(path), { recursive: true });
+      const out = createWriteStream(path, { mode: file.mode });
+      try {
+        for (let i = 0; i < file.chunks.length; i++) {
+          refill();
+          const raw = await window.shift()!;
           bytes += raw.length;
           if (!out.write(raw)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
         }
+      } finally {
+        out.end();
+        await finished(out);
       }
-    } finally {
-      out.end();
-      await finished(out);
     }
+  } catch (err) {
+    await Promise.allSettled(window); // no read left running after a failure
+    throw err;
   }
   return { manifest, bytes, repairedFromReplica };
 }
