@@ -28,6 +28,11 @@ interface CountResult {
   detectS: number;
   restoreStartS: number;
   allRunningS: number;
+  /** Per container, claim to running on the target (download, verify, lay out, lxc-checkpoint -r). */
+  restoreMeanS: number;
+  restoreMaxS: number;
+  /** How many containers each live host restored. */
+  perHost: Record<string, number>;
 }
 
 async function until(what: string, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -88,11 +93,17 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
     const first = (kind: string) => Math.min(...events.filter((e) => e.kind === kind).map((e) => e.at.getTime()));
     const detectedAt = first('host-down');
     const restoreStartedAt = first('restore-claimed');
+    const done = events.filter((e) => e.kind === 'restore-done' && e.durationMs !== undefined);
+    const perHost: Record<string, number> = {};
+    for (const e of done) perHost[e.host] = (perHost[e.host] ?? 0) + 1;
     return {
       count,
       detectS: (detectedAt - killedAt) / 1000,
       restoreStartS: (restoreStartedAt - killedAt) / 1000,
       allRunningS: (allRunningAt - killedAt) / 1000,
+      restoreMeanS: done.reduce((sum, e) => sum + e.durationMs!, 0) / Math.max(1, done.length) / 1000,
+      restoreMaxS: Math.max(0, ...done.map((e) => e.durationMs!)) / 1000,
+      perHost,
     };
   } finally {
     for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
@@ -120,6 +131,7 @@ async function main(): Promise<void> {
       const r = await benchCount(testbed, client, count);
       results.push(r);
       log(`DN seen after ${round(r.detectS)} s, first restore started after ${round(r.restoreStartS)} s, all running after ${round(r.allRunningS)} s (${round(r.allRunningS - r.detectS)} s after detection)`);
+      log(`one restore took ${round(r.restoreMeanS)} s on average, ${round(r.restoreMaxS)} s at most; restored per host: ${JSON.stringify(r.perHost)}`);
     }
   } finally {
     await client?.shutdown();
@@ -131,6 +143,7 @@ async function main(): Promise<void> {
     summary[`restore_start_s_${r.count}`] = round(r.restoreStartS);
     summary[`all_running_s_${r.count}`] = round(r.allRunningS);
     summary[`restore_after_detect_s_${r.count}`] = round(r.allRunningS - r.detectS);
+    summary[`restore_mean_s_${r.count}`] = round(r.restoreMeanS);
   }
   const of = (n: number) => results.find((r) => r.count === n);
   const [five, twenty] = [of(5), of(20)];
