@@ -33,6 +33,8 @@ interface CountResult {
   restoreMaxS: number;
   /** How many containers each live host restored. */
   perHost: Record<string, number>;
+  /** Where the slowest restore's time went. */
+  slowest: string;
 }
 
 async function until(what: string, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -104,6 +106,7 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
       restoreMeanS: done.reduce((sum, e) => sum + e.durationMs!, 0) / Math.max(1, done.length) / 1000,
       restoreMaxS: Math.max(0, ...done.map((e) => e.durationMs!)) / 1000,
       perHost,
+      slowest: done.sort((a, b) => b.durationMs! - a.durationMs!)[0]?.detail ?? '',
     };
   } finally {
     for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
@@ -131,7 +134,7 @@ async function main(): Promise<void> {
       const r = await benchCount(testbed, client, count);
       results.push(r);
       log(`DN seen after ${round(r.detectS)} s, first restore started after ${round(r.restoreStartS)} s, all running after ${round(r.allRunningS)} s (${round(r.allRunningS - r.detectS)} s after detection)`);
-      log(`one restore took ${round(r.restoreMeanS)} s on average, ${round(r.restoreMaxS)} s at most; restored per host: ${JSON.stringify(r.perHost)}`);
+      log(`one restore took ${round(r.restoreMeanS)} s on average, ${round(r.restoreMaxS)} s at most; restored per host: ${JSON.stringify(r.perHost)}; the slowest: ${r.slowest}`);
     }
   } finally {
     await client?.shutdown();

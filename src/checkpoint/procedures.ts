@@ -133,6 +133,11 @@ export interface RestoreFromStoreOptions {
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
 
 export interface RestoreFromStoreResult extends DownloadResult {
+  /** Fetching and verifying the snapshot into staging. */
+  downloadMs: number;
+  /** Laying out the container's config and rootfs under the lxcpath. */
+  importMs: number;
+  /** lxc-checkpoint -r. */
   restoreMs: number;
 }
 
@@ -146,11 +151,14 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   await mkdir(staging, { recursive: true });
   let imported = false;
   try {
+    const started = performance.now();
     const downloaded = await downloadLeased(options, staging);
+    const downloadMs = performance.now() - started;
     await runtime.importFiles(container, { config: await readFile(join(staging, CONFIG)), rootfsTarPath: join(staging, ROOTFS_TAR) });
     imported = true;
+    const importMs = performance.now() - started - downloadMs;
     const restored = await runtime.restore(container, join(staging, IMAGES));
-    return { ...downloaded, restoreMs: restored.restoreMs };
+    return { ...downloaded, downloadMs, importMs, restoreMs: restored.restoreMs };
   } catch (err) {
     // Undo the import: a container defined here but not running would look like a stopped copy of it.
     if (imported) await runtime.destroy(container).catch(() => undefined);

@@ -83,8 +83,14 @@ export class RestoreService implements AgentOperations {
         await runtime.destroy(container).catch(() => undefined);
         throw new ConflictError(`${container} was claimed by another agent while it was being restored here; this copy was destroyed`);
       }
-      await events.record({ kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, outcome: 'ok' });
-      log.info('restored after a failover', { epoch, version: restored.manifest.version, restoreMs: Math.round(restoreMs), fromHost: request.fromHost });
+      await events.record({
+        kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, outcome: 'ok',
+        detail: `download ${Math.round(restored.downloadMs)} ms (${restored.bytes} bytes), import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+      });
+      log.info('restored after a failover', {
+        epoch, version: restored.manifest.version, totalMs: Math.round(restoreMs), downloadMs: Math.round(restored.downloadMs),
+        importMs: Math.round(restored.importMs), criuRestoreMs: Math.round(restored.restoreMs), bytes: restored.bytes, fromHost: request.fromHost,
+      });
       this.deps.onRestored?.(container);
       return { container, host: hostId, epoch, version: restored.manifest.version, restoreMs, alreadyRestored: false };
     } catch (err) {
