@@ -60,8 +60,12 @@ export function eventBucket(at: Date): string {
 
 const MAX_PENDING = 1000;
 
+type PendingEvent = RecordedEvent & { id: cassandra.types.TimeUuid };
+
 export class EventLog {
-  private readonly pending: RecordedEvent[] = [];
+  private readonly pending: PendingEvent[] = [];
+  /** The flush in progress: flushes never overlap, or two of them would write the same event twice. */
+  private flushing: Promise<void> | undefined;
 
   constructor(
     private readonly client: cassandra.Client,
@@ -72,7 +76,9 @@ export class EventLog {
 
   /** Records an event; resolves when it is written or kept for later, never rejects. */
   async record(event: ClusterEvent): Promise<void> {
-    this.pending.push({ ...event, at: new Date() });
+    const at = new Date();
+    // The row key is fixed now, so writing the event again after an unknown outcome overwrites, never duplicates.
+    this.pending.push({ ...event, at, id: TimeUuid.fromDate(at) });
     if (this.pending.length > MAX_PENDING) {
       this.logger.error('audit trail backlog full: an event was dropped', { ...this.pending.shift() });
     }
@@ -86,6 +92,15 @@ export class EventLog {
 
   /** Writes the waiting events in order; stops at the first failure (kept for the next try). */
   async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.pending.length === 0) return;
+    this.flushing = this.writePending().finally(() => {
+      this.flushing = undefined;
+    });
+    await this.flushing;
+  }
+
+  private async writePending(): Promise<void> {
     while (this.pending.length > 0) {
       const event = this.pending[0]!;
       try {
@@ -98,12 +113,12 @@ export class EventLog {
     }
   }
 
-  private async write(event: RecordedEvent): Promise<void> {
+  private async write(event: PendingEvent): Promise<void> {
     await this.client.execute(
       `INSERT INTO ${this.keyspace}.events (bucket, at, kind, host, container, epoch, version, duration_ms, outcome, detail)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
       [
-        eventBucket(event.at), TimeUuid.fromDate(event.at), event.kind, event.host, event.container ?? null, event.epoch ?? null,
+        eventBucket(event.at), event.id, event.kind, event.host, event.container ?? null, event.epoch ?? null,
         event.version ?? null, event.durationMs ?? null, event.outcome ?? null, event.detail ?? null, this.retentionSeconds,
       ],
       { prepare: true, consistency: consistencies.quorum },

@@ -1,6 +1,8 @@
 import cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EventLog } from '../../src/cluster/events.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
+import { createLogger } from '../../src/util/log.ts';
 import { CQL_PORT, LOCAL_DATACENTER } from '../../testcontainers/cassandra.ts';
 import { localRing, sharedTestbed } from '../support/testbed.ts';
 
@@ -73,5 +75,14 @@ describe('the cluster registry (keyspace RF 3, QUORUM, LWT epochs)', () => {
       await ring.thaw(3);
     }
     await ring.waitStatus(3, 'U', 60_000);
+  });
+
+  it('records every event once, also when many are recorded at the same time', async () => {
+    const events = new EventLog(client, 'registry_test', createLogger('test-events', 'error'));
+    const from = new Date(Date.now() - 1000);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => events.record({ kind: 'restore-done', host: 'host1', container: `ev-${i}`, outcome: 'ok' })));
+    expect(events.backlog).toBe(0);
+    const written = (await events.between(from, new Date())).filter((e) => e.container?.startsWith('ev-'));
+    expect(written.map((e) => e.container).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `ev-${i}`).sort());
   });
 });
