@@ -96,6 +96,9 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
     const detectedAt = first('host-down');
     const restoreStartedAt = first('restore-claimed');
     const done = events.filter((e) => e.kind === 'restore-done' && e.durationMs !== undefined);
+    // Exactly once: one restore per container, and one running copy of each (checked above).
+    const restoredTwice = names.filter((n) => done.filter((e) => e.container === n).length !== 1);
+    if (restoredTwice.length > 0) throw new Error(`not restored exactly once: ${restoredTwice.join(', ')}`);
     const perHost: Record<string, number> = {};
     for (const e of done) perHost[e.host] = (perHost[e.host] ?? 0) + 1;
     return {
