@@ -59,7 +59,7 @@ export interface AgentConfig {
   metaReplication?: Replication;
   /** Supervisor poll period. Default 2 s. */
   pollMs?: number;
-  /** Failover: restores requested at once (default 4); how long followers wait for the leader (default 15 s). */
+  /** Failover: restores requested at once (default 4); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
 

@@ -44,7 +44,10 @@ export interface CoordinatorDeps {
   restoreTimeoutMs?: number;
   /** How often the registry is checked for orphaned containers even without a gossip change. Default 5 s. */
   reconcileMs?: number;
-  /** How long non-leading coordinators leave a failure to the leader. Default 15 s. */
+  /**
+   * How long non-leading coordinators leave a failure they see to the leader. Default 2 s: each node convicts a
+   * dead host on its own clock (seconds apart), and a duplicate request costs only a refused claim.
+   */
   followerDelayMs?: number;
   /** How long after a failed restore the container is tried again. Default 10 s. */
   retryMs?: number;
@@ -124,7 +127,7 @@ export class FailoverCoordinator {
     );
     for (const container of this.firstSeen.keys()) if (!orphans.some((o) => o.container === container)) this.firstSeen.delete(container);
     for (const o of orphans) if (!this.firstSeen.has(o.container)) this.firstSeen.set(o.container, now);
-    const due = orphans.filter((o) => leader || now - this.firstSeen.get(o.container)! >= (this.deps.followerDelayMs ?? 15_000));
+    const due = orphans.filter((o) => leader || now - this.firstSeen.get(o.container)! >= (this.deps.followerDelayMs ?? 2000));
     if (due.length === 0) return [];
     this.log.warn('restoring the containers of failed hosts', { containers: due.map((o) => o.container), leader });
     return mapBounded(due, this.deps.concurrency ?? 4, (o) => this.failOver(o, view, hosts));

@@ -201,21 +201,23 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     await until('the survivor to report replicas not found', () => (readFileSync(survivorLog, 'utf8').split('\n').some((l) => l.includes('replicas not found') && l.includes(lost)) ? true : undefined), 90_000, 500);
     expect(await runningCopies(lost)).toEqual([]);
 
-    // One replica host returns: the container is restored there, from that host's own replica.
+    // One replica host returns: the snapshot is readable again and the container is restored — on that host, or
+    // on the survivor (reading the returned replica) when the returned host's agent is not serving yet.
     await testbed.ring.restart(otherReplica);
     await startAgent(testbed, otherReplica, agentOptions);
     const restored = await until(
-      `${lost} restored on host${otherReplica}`,
+      `${lost} restored on a live host`,
       async () => {
         const o = await registry.ownership(lost);
-        return o?.state === 'running' && o.owner === testbed.host(otherReplica).hostId ? o : undefined;
+        return o?.state === 'running' && o.owner !== owner.hostId ? o : undefined;
       },
       120_000,
       500,
     );
-    expect(restored.owner).toBe(testbed.host(otherReplica).hostId);
-    expect(await runningCopies(lost)).toEqual([otherReplica]);
-    expect(await waitForCounterAbove(testbed.host(otherReplica), lost, before - 1)).toBeGreaterThanOrEqual(before);
+    const where = testbed.hosts.findIndex((h) => h.hostId === restored.owner) + 1;
+    expect([otherReplica, survivor]).toContain(where);
+    expect(await runningCopies(lost)).toEqual([where]);
+    expect(await waitForCounterAbove(testbed.host(where), lost, before - 1)).toBeGreaterThanOrEqual(before);
     // The audit trail has both, written once the registry had its quorum back.
     await until('the replicas-not-found event in the audit trail', async () => {
       const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(readAt), new Date());
