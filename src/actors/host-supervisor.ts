@@ -107,19 +107,13 @@ export class HostSupervisor {
       if (state === undefined) continue; // destroyed between list and state
       const previous = this.lastStates.get(name);
       if (state === 'RUNNING' && !this.containers.has(name)) {
-        if (this.options.ownership && !(await this.options.ownership.mayRun(name))) {
-          await this.destroyStale(name);
-          continue;
-        }
+        if (!(await this.mayRunOrDestroy(name))) continue;
         this.containers.set(name, spawnFor(name));
         this.log.info('supervising container', { container: name });
       }
       const actor = this.containers.get(name);
       if (actor && state === 'STOPPED' && (previous === 'RUNNING' || previous === 'FROZEN')) {
-        if (this.options.ownership && !(await this.options.ownership.mayRun(name))) {
-          await this.destroyStale(name);
-          continue;
-        }
+        if (!(await this.mayRunOrDestroy(name))) continue;
         this.lastStates.set(name, 'CRASHED');
         this.log.warn('container stopped without being asked to: restoring it from its last committed snapshot', { container: name });
         tell(actor.ref, { type: 'recover' } satisfies ContainerMessage);
@@ -127,6 +121,13 @@ export class HostSupervisor {
       }
       if (previous !== 'CRASHED' || state === 'RUNNING') this.lastStates.set(name, state);
     }
+  }
+
+  /** Whether this host may run the container; if another host owns it, this copy is destroyed first. */
+  private async mayRunOrDestroy(name: string): Promise<boolean> {
+    if (!this.options.ownership || (await this.options.ownership.mayRun(name))) return true;
+    await this.destroyStale(name);
+    return false;
   }
 
   private lastFence = 0;

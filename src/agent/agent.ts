@@ -79,11 +79,9 @@ export class Agent {
     validateHostId(config.hostId);
     const log = logger.child(config.hostId);
     await mkdir(config.stagingDir, { recursive: true });
-    const gossip = await startGossipView(
-      config.gossip?.kind === 'nodetool'
-        ? { kind: 'nodetool', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip.intervalMs, logger: log.child('gossip') }
-        : { kind: 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip') },
-    );
+    const gossip = await startGossipView({
+      kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
+    });
     const localDataCenter = config.cassandra.localDataCenter ?? 'datacenter1';
     const client = new cassandra.Client({
       contactPoints: [config.cassandra.address, ...(config.cassandra.contactPoints ?? [])],

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
-import { contentionBackoffMs, isPaxosTimeout, isReplicaUnavailable } from '../storage/consistency.ts';
+import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from '../storage/consistency.ts';
 import { replicationMap, validateKeyspaceName, type Replication } from '../storage/schema.ts';
 import { InvalidArgumentError, UnavailableError } from '../util/errors.ts';
 import { eventsSchema } from './events.ts';
@@ -142,13 +142,9 @@ export class ClusterRegistry {
   }
 
   /** A QUORUM read, or with `degraded`, a ONE read when the quorum is unavailable. */
-  private async readAll(query: string, options: cassandra.QueryOptions, degraded = false): Promise<cassandra.types.ResultSet> {
-    try {
-      return await this.client.execute(query, [], { ...READ, ...options });
-    } catch (error) {
-      if (!degraded || !isReplicaUnavailable(error)) throw error;
-      return this.client.execute(query, [], { ...READ, ...options, consistency: consistencies.one });
-    }
+  private readAll(query: string, options: cassandra.QueryOptions, degraded = false): Promise<cassandra.types.ResultSet> {
+    const read = (consistency: number) => this.client.execute(query, [], { ...READ, ...options, consistency });
+    return degraded ? readWithFallback(read, consistencies.quorum) : read(consistencies.quorum);
   }
 
   /**

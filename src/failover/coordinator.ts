@@ -158,22 +158,21 @@ export class FailoverCoordinator {
   }
 
   /** The candidate hosts for a container: its live replica hosts in token-map order, then every other live host. */
-  candidates(container: string, view: RingView, hosts: readonly HostRecord[]): { replicas: HostRecord[]; others: HostRecord[] } {
+  candidates(container: string, view: RingView, hosts: readonly HostRecord[]): { replicaAddresses: string[]; replicas: HostRecord[]; others: HostRecord[] } {
     const byAddress = new Map(hosts.map((h) => [h.cassandraAddress, h]));
     const replicaAddresses = this.deps.store.replicas(container);
     const replicas = replicaAddresses.flatMap((a) => (view.get(a)?.status === 'U' && byAddress.has(a) ? [byAddress.get(a)!] : []));
     const others = hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'U' && !replicaAddresses.includes(h.cassandraAddress));
-    return { replicas, others };
+    return { replicaAddresses, replicas, others };
   }
 
   private async failOver(orphan: Ownership, view: RingView, hosts: readonly HostRecord[]): Promise<FailoverOutcome> {
     const { container } = orphan;
-    const { replicas, others } = this.candidates(container, view, hosts);
+    const { replicaAddresses, replicas, others } = this.candidates(container, view, hosts);
     if (replicas.length === 0) {
       // Both replica hosts are down: the snapshot cannot be read anywhere until one of them is back.
       if (!this.replicasNotFound.has(container)) {
         this.replicasNotFound.add(container);
-        const replicaAddresses = this.deps.store.replicas(container);
         this.log.error('replicas not found: both replica hosts of the container are down; it is restored when one returns', { container, replicas: replicaAddresses });
         await this.deps.events.record({ kind: 'replicas-not-found', host: this.deps.hostId, container, epoch: orphan.epoch, outcome: 'failed', detail: `replicas ${replicaAddresses.join(', ')} are down` });
       }

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
 import { Semaphore } from '../util/concurrency.ts';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
-import { contentionBackoffMs, isPaxosTimeout, isReplicaUnavailable } from './consistency.ts';
+import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
 import type { ChunkLocation, ChunkState, SnapshotStore, VersionRecord, VersionState } from './store.ts';
@@ -33,7 +33,6 @@ export interface CassandraStoreOptions {
 
 const WRITE = { prepare: true, consistency: consistencies.two };
 const READ = { prepare: true, consistency: consistencies.one };
-const READ_BOTH = { prepare: true, consistency: consistencies.two };
 const LWT = { prepare: true, consistency: consistencies.two, serialConsistency: consistencies.serial };
 /**
  * Leases are written at ONE, because a restore must work with one replica host down (that is when failover
@@ -66,13 +65,8 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   /** A read from every replica (TWO), or from the one that answers when a replica is down (ONE). */
-  private async readLatest(query: string, params: unknown[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
-    try {
-      return await this.execute(query, params, { ...READ_BOTH, ...options });
-    } catch (error) {
-      if (!isReplicaUnavailable(error) && !(error instanceof UnavailableError)) throw error;
-      return this.execute(query, params, { ...READ, ...options });
-    }
+  private readLatest(query: string, params: unknown[], options: cassandra.QueryOptions): Promise<cassandra.types.ResultSet> {
+    return readWithFallback((consistency) => this.execute(query, params, { ...READ, ...options, consistency }), consistencies.two);
   }
 
   /** Every request goes through here: bounded, and an unreachable cluster reported as such. */

@@ -32,8 +32,23 @@ export function contentionBackoffMs(attempt: number, baseMs = 20, capMs = 1000):
  * as opposed to a bad query: the cue for a read to fall back to a lower level.
  */
 export function isReplicaUnavailable(error: unknown): boolean {
+  // Our own UnavailableError wraps the driver's error as its cause.
+  if (error instanceof Error && error.cause !== undefined && isReplicaUnavailable(error.cause)) return true;
   if (error instanceof cassandra.errors.NoHostAvailableError || error instanceof cassandra.errors.OperationTimedOutError) return true;
   if (!(error instanceof cassandra.errors.ResponseError)) return false;
   const code: number = error.code;
   return [responseErrorCodes.unavailableException, responseErrorCodes.readTimeout, responseErrorCodes.writeTimeout].map(Number).includes(code);
+}
+
+/**
+ * Runs a read at `preferred` consistency and, when the replicas that needs are not available, again at ONE: a
+ * read that should see every replica when it can, and must still work with only one alive.
+ */
+export async function readWithFallback<T>(read: (consistency: number) => Promise<T>, preferred: number): Promise<T> {
+  try {
+    return await read(preferred);
+  } catch (error) {
+    if (!isReplicaUnavailable(error)) throw error;
+    return read(consistencies.one);
+  }
 }
