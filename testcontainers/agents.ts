@@ -25,6 +25,8 @@ export interface AgentOptions {
   readyTimeoutMs?: number;
   /** Extra environment, e.g. LXCR_LOG_LEVEL. */
   env?: Record<string, string>;
+  /** Keep standby copies (in the host's directory, `standby/`). Default true, as the agent does. */
+  standby?: boolean;
 }
 
 export interface TestbedAgent {
@@ -37,6 +39,11 @@ export interface TestbedAgent {
 
 function hostDir(testbed: Testbed, index: number): string {
   return join(testbed.runDir, 'hosts', testbed.host(index).hostId);
+}
+
+/** Where the agent of host `index` keeps its standby copies. */
+export function standbyDir(testbed: Testbed, index: number): string {
+  return join(hostDir(testbed, index), 'standby');
 }
 
 export function agentPidFile(testbed: Testbed, index: number): string {
@@ -59,6 +66,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
     '--staging', join(dir, 'staging'), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
     '--meta-rf', String(Math.min(3, testbed.hosts.length)), '--insecure',
+    ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
     ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
   ];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });

@@ -14,8 +14,10 @@ import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, valid
 import { FailoverCoordinator } from '../failover/coordinator.ts';
 import { RegistryOwnershipGuard } from '../failover/fencing.ts';
 import { RestoreService } from '../failover/restore-service.ts';
+import { StandbyPrefetcher } from '../failover/standby.ts';
 import { LxcRuntime } from '../runtime/lxc.ts';
 import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
+import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
 import { errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
@@ -59,6 +61,12 @@ export interface AgentConfig {
   metaReplication?: Replication;
   /** Supervisor poll period. Default 2 s. */
   pollMs?: number;
+  /**
+   * Standby copies of the snapshots this host would restore if their owner failed (see failover/standby.ts):
+   * where they are kept and how often they are refreshed (default 5 s); `false` turns them off (a failover
+   * restore then reads the whole snapshot from Cassandra).
+   */
+  standby?: { dir: string; intervalMs?: number } | false;
   /** Failover: restores requested at once (default 4); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
@@ -72,6 +80,7 @@ export class Agent {
     readonly supervisor: HostSupervisor,
     readonly server: AgentServer,
     private readonly coordinator: FailoverCoordinator,
+    private readonly standby: StandbyPrefetcher | undefined,
     private readonly peers: Map<string, AgentClient>,
   ) {}
 
@@ -117,9 +126,10 @@ export class Agent {
       });
       cleanups.push(() => supervisor.stop());
 
+      const standbyCache = config.standby ? new StandbyCache(config.standby.dir) : undefined;
       const restoreService = new RestoreService({
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
-        onRestored: () => supervisor.pollNow(),
+        standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
       const server = await startAgentServer({
         address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), operations: restoreService, logger: log,
@@ -138,8 +148,12 @@ export class Agent {
         concurrency: config.failover?.concurrency, followerDelayMs: config.failover?.followerDelayMs, reconcileMs: config.failover?.reconcileMs,
       });
       coordinator.start();
+      const standby = config.standby && standbyCache
+        ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
+        : undefined;
+      standby?.start();
       log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, peers);
+      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, peers);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -151,6 +165,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.server.health.setStatus(AGENT_SERVICE_NAME, 'NOT_SERVING');
     await this.coordinator.stop();
+    await this.standby?.stop();
     await this.supervisor.stop();
     await this.server.stop();
     for (const peer of this.peers.values()) peer.close();

@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
+import type { ChunkCacheReader } from '../storage/standby-cache.ts';
 import { downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
@@ -128,6 +129,8 @@ export interface RestoreFromStoreOptions {
   leaseTtlMs?: number;
   /** This host's Cassandra address: chunks are read from it first when it holds a replica. */
   localReplica?: string;
+  /** Chunks already on this host (its standby copy), read before Cassandra is asked. */
+  cache?: ChunkCacheReader;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
@@ -182,7 +185,7 @@ async function downloadLeased(options: RestoreFromStoreOptions, targetDir: strin
     if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica });
+      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {

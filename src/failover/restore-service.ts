@@ -5,6 +5,7 @@ import { committedManifest } from '../storage/snapshots.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
+import type { StandbyCache } from '../storage/standby-cache.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { AlreadyExistsError, ConflictError, NotFoundError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
@@ -25,6 +26,8 @@ export interface RestoreServiceDeps {
   stagingDir: string;
   /** This host's Cassandra node address: the restore reads its local replica first. */
   cassandraAddress: string;
+  /** This host's standby copies (see standby.ts): read before Cassandra; a container's copy is dropped once it runs here. */
+  standby?: StandbyCache;
   logger: Logger;
   /** Called once a restored container runs here, so the host supervisor adopts it at once. */
   onRestored?: (container: string) => void;
@@ -75,7 +78,10 @@ export class RestoreService implements AgentOperations {
     const started = performance.now();
     try {
       await this.clearStaleCopy(container);
-      const restored = await restoreFromStore({ runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId, localReplica: this.deps.cassandraAddress });
+      const restored = await restoreFromStore({
+        runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId,
+        localReplica: this.deps.cassandraAddress, cache: this.deps.standby,
+      });
       const restoreMs = performance.now() - started;
       if (!(await registry.setState(container, hostId, epoch, 'running'))) {
         // Claimed away from us while restoring: the new owner's copy is the one; ours must not run.
@@ -85,12 +91,13 @@ export class RestoreService implements AgentOperations {
       }
       await events.record({
         kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, outcome: 'ok',
-        detail: `download ${Math.round(restored.downloadMs)} ms (${restored.bytes} bytes), import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+        detail: `download ${Math.round(restored.downloadMs)} ms (${restored.bytes} bytes, ${restored.fromCache} chunks from the standby copy), import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
       });
       log.info('restored after a failover', {
         epoch, version: restored.manifest.version, totalMs: Math.round(restoreMs), downloadMs: Math.round(restored.downloadMs),
-        importMs: Math.round(restored.importMs), criuRestoreMs: Math.round(restored.restoreMs), bytes: restored.bytes, fromHost: request.fromHost,
+        importMs: Math.round(restored.importMs), criuRestoreMs: Math.round(restored.restoreMs), bytes: restored.bytes, chunksFromStandby: restored.fromCache, fromHost: request.fromHost,
       });
+      await this.deps.standby?.drop(container).catch(() => undefined); // it runs here now: no copy needed
       this.deps.onRestored?.(container);
       return { container, host: hostId, epoch, version: restored.manifest.version, restoreMs, alreadyRestored: false };
     } catch (err) {

@@ -8,6 +8,7 @@ import { hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
 import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
 import { BusyClock, ChunkArena, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
+import type { ChunkCacheReader } from './standby-cache.ts';
 import type { ChunkLocation, SnapshotStore } from './store.ts';
 
 /**
@@ -300,6 +301,8 @@ export interface DownloadOptions {
    * from it first, so the first live replica host restores from its local data (LXCloud-CR's Algorithm 3).
    */
   localReplica?: string;
+  /** Chunks already on this host (a standby copy): read and verified before Cassandra is asked. */
+  cache?: ChunkCacheReader;
 }
 
 export interface DownloadResult {
@@ -307,6 +310,8 @@ export interface DownloadResult {
   bytes: number;
   /** Chunks whose first copy failed verification and were read from the other replica. */
   repairedFromReplica: number;
+  /** Chunks read from the local cache (verified); the others came from Cassandra. */
+  fromCache: number;
 }
 
 /** The committed manifest of a version (default: the newest), or a NotFound / FailedPrecondition error saying why not. */
@@ -324,6 +329,43 @@ export async function committedManifest(store: SnapshotStore, container: string,
   return decodeManifest(record.manifest);
 }
 
+/** Whether raw chunk bytes are the chunk the manifest names (size and sha256). */
+function verifies(raw: Buffer, ref: ChunkRef): boolean {
+  return raw.length === ref.size && createHash('sha256').update(raw).digest('hex') === ref.hash;
+}
+
+/**
+ * Reads one chunk from the store and verifies it: from this host's own replica first when it is one (else any
+ * replica, the driver picks), then from each replica in turn for a copy that verifies. `repaired` says the first
+ * copy was bad or missing. With no good copy anywhere: an IntegrityError naming the chunk, prefixed by `context`.
+ */
+export async function readVerifiedChunk(
+  store: Pick<SnapshotStore, 'replicas' | 'getChunk'>,
+  container: string,
+  ref: ChunkRef,
+  options: { localReplica?: string; context: string; file?: string },
+): Promise<{ raw: Buffer; repaired: boolean }> {
+  const replicas = store.replicas(container);
+  const firstSource = options.localReplica !== undefined && replicas.includes(options.localReplica) ? options.localReplica : undefined;
+  const problems: string[] = [];
+  for (const [attempt, host] of [firstSource, ...replicas].entries()) {
+    try {
+      const stored = await store.getChunk(container, ref, host);
+      if (!stored) {
+        problems.push(`${host ?? 'any replica'}: missing`);
+        continue;
+      }
+      const raw = await decodeChunk(ref.codec, stored, ref.size);
+      if (verifies(raw, ref)) return { raw, repaired: attempt > 0 };
+      problems.push(`${host ?? 'any replica'}: sha256 mismatch`);
+    } catch (err) {
+      problems.push(`${host ?? 'any replica'}: ${errorMessage(err)}`);
+    }
+  }
+  const of = options.file === undefined ? '' : ` of ${options.file}`;
+  throw new IntegrityError(`${options.context}: no good copy of chunk ${ref.hash}${of} (${problems.join('; ')}); nothing was started from it`);
+}
+
 export async function downloadSnapshot(options: DownloadOptions): Promise<DownloadResult> {
   const { store, container, targetDir } = options;
   const manifest = await committedManifest(store, container, options.version);
@@ -331,34 +373,22 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   let bytes = 0;
   let repairedFromReplica = 0;
-  const replicas = store.replicas(container);
-  const firstSource = options.localReplica !== undefined && replicas.includes(options.localReplica) ? options.localReplica : undefined;
-
+  let fromCache = 0;
+  const { cache } = options;
   const fetchVerified = async (file: SnapshotFile, ref: ChunkRef): Promise<Buffer> => {
-    const problems: string[] = [];
-    // The local replica or else any replica (the driver picks) first, then each replica in turn for a copy that
-    // verifies.
-    for (const [attempt, host] of [firstSource, ...replicas].entries()) {
-      try {
-        const stored = await store.getChunk(container, ref, host);
-        if (!stored) {
-          problems.push(`${host ?? 'any replica'}: missing`);
-          continue;
-        }
-        const raw = await decodeChunk(ref.codec, stored, ref.size);
-        if (createHash('sha256').update(raw).digest('hex') === ref.hash) {
-          if (attempt > 0) repairedFromReplica++;
-          return raw;
-        }
-        problems.push(`${host ?? 'any replica'}: sha256 mismatch`);
-      } catch (err) {
-        problems.push(`${host ?? 'any replica'}: ${errorMessage(err)}`);
-      }
+    const cached = await cache?.get(container, ref.hash);
+    if (cached && verifies(cached, ref)) {
+      fromCache++;
+      return cached;
     }
-    throw new IntegrityError(
-      `${container} version ${manifest.version}: no good copy of chunk ${ref.hash} of ${file.path} (${problems.join('; ')}); ` +
-        'nothing was started from it',
-    );
+    // A cached copy that does not verify is just not used: the store's copies decide.
+    const { raw, repaired } = await readVerifiedChunk(store, container, ref, {
+      localReplica: options.localReplica,
+      context: `${container} version ${manifest.version}`,
+      file: file.path,
+    });
+    if (repaired) repairedFromReplica++;
+    return raw;
   };
 
   // A sliding window of chunk reads across all files, written in order: reads run ahead (also into the next
@@ -395,5 +425,5 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
     await Promise.allSettled(window); // no read left running after a failure
     throw err;
   }
-  return { manifest, bytes, repairedFromReplica };
+  return { manifest, bytes, repairedFromReplica, fromCache };
 }

@@ -1,6 +1,8 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parseArgs } from '../../src/cli/args.ts';
 import { ExitCode } from '../../src/cli/command.ts';
+import { AGENT_FLAGS, agentConfigFromArgs } from '../../src/cli/commands/agent.ts';
 import { main } from '../../src/cli/main.ts';
 import { run } from '../../src/util/exec.ts';
 
@@ -36,5 +38,19 @@ describe('scripts/setup.sh', () => {
     });
     expect(result.exitCode).toBe(1);
     expect(result.stderr).toMatch(/need root\. Run instead \(in .*\): sudo npm test/);
+  });
+});
+
+describe('lxcr agent options', () => {
+  const base = ['--host-id', 'h1', '--lxcpath', '/var/lib/lxc', '--cassandra', '127.0.0.1', '--insecure'];
+
+  it('keeps standby copies by default, in a directory of its own per host id', () => {
+    expect(agentConfigFromArgs(parseArgs(base, AGENT_FLAGS)).standby).toEqual({ dir: '/var/lib/lxcr/standby/h1' });
+    expect(agentConfigFromArgs(parseArgs([...base, '--standby-dir', '/srv/standby'], AGENT_FLAGS)).standby).toEqual({ dir: '/srv/standby' });
+    expect(agentConfigFromArgs(parseArgs([...base, '--no-standby'], AGENT_FLAGS)).standby).toBe(false);
+  });
+
+  it('refuses --no-standby together with --standby-dir, naming both', () => {
+    expect(() => agentConfigFromArgs(parseArgs([...base, '--no-standby', '--standby-dir', '/x'], AGENT_FLAGS))).toThrow(/--no-standby and --standby-dir/);
   });
 });

@@ -6,7 +6,7 @@ import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { untilTerminated } from '../signals.ts';
 
-const FLAGS = {
+export const AGENT_FLAGS = {
   'host-id': { value: true, description: 'this host\'s id in the cluster (required)' },
   lxcpath: { value: true, description: 'the host\'s LXC container directory (required)' },
   cassandra: { value: true, description: 'the local Cassandra node\'s address (required)' },
@@ -14,6 +14,8 @@ const FLAGS = {
   'contact-points': { value: true, description: 'more Cassandra addresses, comma-separated' },
   listen: { value: true, description: 'gRPC address host:port (default CASSANDRA:7500)' },
   staging: { value: true, description: 'local staging directory (default /var/tmp/lxcr-staging/HOST-ID)' },
+  'standby-dir': { value: true, description: 'where standby copies of the snapshots this host would restore are kept (default /var/lib/lxcr/standby/HOST-ID)' },
+  'no-standby': { value: false, description: 'keep no standby copies: a failover restore then reads the whole snapshot from Cassandra' },
   every: { value: true, description: 'checkpoint every N seconds' },
   cron: { value: true, description: 'or checkpoint on this node-cron expression' },
   keep: { value: true, description: 'committed versions kept per container (default 2)' },
@@ -35,12 +37,16 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
   if (args.flags.get('insecure') !== true) {
     throw new InvalidArgumentError('gRPC without TLS must be asked for explicitly with --insecure (TLS configuration is not available yet)');
   }
+  if (args.flags.get('no-standby') === true && args.flags.has('standby-dir')) {
+    throw new InvalidArgumentError('--no-standby and --standby-dir contradict each other: give one of them');
+  }
   const every = args.flags.has('every') ? intFlag(args, 'every', 0, 1, 86_400) : undefined;
   const cron = stringFlag(args, 'cron', '') || undefined;
   return {
     hostId,
     lxcpath: required(args, 'lxcpath'),
     stagingDir: stringFlag(args, 'staging', `/var/tmp/lxcr-staging/${hostId}`),
+    standby: args.flags.get('no-standby') === true ? false : { dir: stringFlag(args, 'standby-dir', `/var/lib/lxcr/standby/${hostId}`) },
     cassandra: {
       address,
       contactPoints: stringFlag(args, 'contact-points', '').split(',').filter(Boolean),
@@ -64,9 +70,9 @@ export const agentCommand: Command = {
   name: 'agent',
   summary: 'run the agent daemon of this host (supervision, checkpoints, failover)',
   usage: '--host-id ID --lxcpath DIR --cassandra ADDRESS --insecure [options]',
-  flags: FLAGS,
+  flags: AGENT_FLAGS,
   async run(argv) {
-    const config = agentConfigFromArgs(parseArgs(argv, FLAGS));
+    const config = agentConfigFromArgs(parseArgs(argv, AGENT_FLAGS));
     const logger = createLogger('lxcr-agent');
     logger.warn('gRPC runs without TLS (--insecure): use this on a local testbed only');
     const agent = await Agent.start(config, logger);
