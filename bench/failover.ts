@@ -6,14 +6,16 @@
 //   (b) the first restore started: the first restore-claimed event;
 //   (c) all its containers running again: every one RUNNING on a live host and owned there in the registry.
 // Prints a line per count and, last, one JSON line with detect_s_N, restore_start_s_N, all_running_s_N and
-// scaling_20_vs_5 ((c) − (a) for 20 over (c) − (a) for 5).
+// scaling_20_vs_5 ((c) − (a) for 20 over (c) − (a) for 5). Agents keep standby copies (as by default) unless
+// LXCR_BENCH_STANDBY=off; with them, the kill waits until every restoring host holds its copy.
 import cassandra from 'cassandra-driver';
 import { EventLog } from '../src/cluster/events.ts';
 import { ClusterRegistry } from '../src/cluster/registry.ts';
 import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
 import { createLogger } from '../src/util/log.ts';
 import { mapBounded } from '../src/util/concurrency.ts';
-import { killHost, startAgent, stopAgent } from '../testcontainers/agents.ts';
+import { StandbyCache } from '../src/storage/standby-cache.ts';
+import { killHost, standbyDir, startAgent, stopAgent } from '../testcontainers/agents.ts';
 import { createCounterContainer, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
 import { connectBenchClient, log, round } from './support.ts';
@@ -21,6 +23,8 @@ import { connectBenchClient, log, round } from './support.ts';
 const counts = (process.env.LXCR_BENCH_COUNTS ?? '1,5,20').split(',').map(Number);
 const MEMORY_MIB = Number(process.env.LXCR_BENCH_MEMORY_MIB ?? 64);
 const FAILED = 3;
+/** LXCR_BENCH_STANDBY=off runs the agents without standby copies, for comparison. */
+const STANDBY = process.env.LXCR_BENCH_STANDBY !== 'off';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface CountResult {
@@ -61,7 +65,7 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
     await startContainer(host, name);
     await waitRunning(host, name, 120_000);
   });
-  const agentOptions = { snapshotKeyspace: snapshots, metaKeyspace: meta, everySeconds: 20 };
+  const agentOptions = { snapshotKeyspace: snapshots, metaKeyspace: meta, everySeconds: 20, standby: STANDBY };
   for (let i = 1; i <= testbed.hosts.length; i++) await startAgent(testbed, i, agentOptions);
   try {
     await until(
@@ -71,6 +75,24 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
     );
     // Let the checkpoint round in progress finish, so the kill does not land mid-upload by chance.
     await sleep(2000);
+    if (STANDBY) {
+      // The steady state the agents reach between checkpoints: the host that would restore each container holds
+      // a standby copy of its newest version.
+      const failedAddress = testbed.ring.node(FAILED).address;
+      await until(
+        'standby copies of every container on its restoring host',
+        async () => {
+          const ready = await Promise.all(names.map(async (name) => {
+            const address = store.replicas(name).find((a) => a !== failedAddress)!;
+            const index = testbed.hosts.findIndex((h) => h.address === address) + 1;
+            const copy = await new StandbyCache(standbyDir(testbed, index)).readyVersion(name);
+            return copy !== undefined && copy >= (await store.latestCommitted(name))!.version;
+          }));
+          return ready.every(Boolean);
+        },
+        5 * 60_000,
+      );
+    }
 
     const killedAt = Date.now();
     await killHost(testbed, FAILED);
@@ -143,7 +165,7 @@ async function main(): Promise<void> {
     await client?.shutdown();
     await testbed.teardown();
   }
-  const summary: Record<string, number> = { memory_mib: MEMORY_MIB };
+  const summary: Record<string, number | boolean> = { memory_mib: MEMORY_MIB, standby: STANDBY };
   for (const r of results) {
     summary[`detect_s_${r.count}`] = round(r.detectS);
     summary[`restore_start_s_${r.count}`] = round(r.restoreStartS);

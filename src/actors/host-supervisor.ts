@@ -49,6 +49,11 @@ export interface OwnershipGuard {
   runningHere(containers: readonly string[]): Promise<Set<string>>;
   /** Records that a stale copy was destroyed here. */
   destroyedStale(container: string): Promise<void>;
+  /**
+   * Throws ConflictError if another host owns the container now: checked right before a checkpoint of it is
+   * committed, so a host taken for dead never commits a snapshot of its diverged copy.
+   */
+  checkStillOwner(container: string): Promise<void>;
 }
 
 /** A container as the supervisor last saw it; 'CRASHED' marks a stop nobody asked for. */
@@ -71,7 +76,10 @@ export class HostSupervisor {
     // Checked before anything starts: a bad schedule is a configuration error, not a failure of every poll.
     validateSchedule(`host ${options.hostId}`, options.schedule ?? {});
     this.system = startActorSystem(`lxcr-${options.hostId}`);
-    const replicator = spawnReplicator(this.system, { store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log });
+    const guard = options.ownership;
+    const replicator = spawnReplicator(this.system, {
+      store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log, fence: guard && ((container) => guard.checkStillOwner(container)),
+    });
     const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
     const deps: ContainerActorDeps = {
       runtime: options.runtime, store: options.store, replicator, garbageCollector, hostId: options.hostId,

@@ -20,6 +20,8 @@ export interface ReplicatorDeps {
   policy: CompressionPolicy;
   hostId: string;
   logger: Logger;
+  /** Throws if this host may no longer commit a snapshot of the container (another host owns it now). */
+  fence?: (container: string) => Promise<void>;
 }
 
 export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref<ReplicatorMessage> {
@@ -28,6 +30,12 @@ export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref
     'replicator',
     deps.logger.child('replicator'),
     (message: ReplicatorMessage) => `replication of ${message.staged.container}`,
-    (message) => replicateStaged(message.staged, { store: deps.store, policy: deps.policy, sourceHost: deps.hostId }),
+    (message) => {
+      const { fence } = deps;
+      const { container } = message.staged;
+      return replicateStaged(message.staged, {
+        store: deps.store, policy: deps.policy, sourceHost: deps.hostId, beforeCommit: fence && (() => fence(container)),
+      });
+    },
   );
 }

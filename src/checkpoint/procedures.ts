@@ -82,6 +82,8 @@ export interface ReplicateOptions {
   policy: CompressionPolicy;
   /** This host's id, recorded in the manifest. */
   sourceHost: string;
+  /** Last check before the version is committed (see UploadOptions.beforeCommit). */
+  beforeCommit?: () => Promise<void>;
 }
 
 export interface CheckpointToStoreResult extends UploadResult {
@@ -100,6 +102,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     sources: staged.sources,
     policy: options.policy,
     dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
+    beforeCommit: options.beforeCommit,
   });
   return { ...uploaded, dumpMs: staged.dumpMs };
 }

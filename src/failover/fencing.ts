@@ -1,6 +1,7 @@
 import type { OwnershipGuard } from '../actors/host-supervisor.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
+import { ConflictError } from '../util/errors.ts';
 
 /**
  * Fencing by the registry: a host runs a container only while the registry names it the owner. A host that
@@ -37,6 +38,14 @@ export class RegistryOwnershipGuard implements OwnershipGuard {
     const wanted = new Set(containers);
     const owners = await this.registry.allOwnership();
     return new Set(owners.filter((o) => wanted.has(o.container) && o.owner === this.hostId && o.state === 'running').map((o) => o.container));
+  }
+
+  async checkStillOwner(container: string): Promise<void> {
+    const current = await this.registry.ownership(container);
+    if (current?.owner !== this.hostId) {
+      const owner = current ? `${current.owner} at epoch ${current.epoch}` : 'nobody';
+      throw new ConflictError(`${container} is owned by ${owner}, not ${this.hostId}: this host's checkpoint of it was not committed`);
+    }
   }
 
   async destroyedStale(container: string): Promise<void> {

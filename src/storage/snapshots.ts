@@ -40,6 +40,12 @@ export interface UploadOptions {
   bucketBytes?: number;
   /** Timings of the dump that produced the sources, for the manifest. */
   dumpTimings?: { freezeMs: number; dumpMs: number };
+  /**
+   * Called once every chunk is durable, right before the version is committed; if it throws, the version stays
+   * uncommitted (GC collects it) and the error is the upload's. The agent checks here that its host still owns
+   * the container, so a host taken for dead that wakes up mid-upload does not commit a diverged snapshot.
+   */
+  beforeCommit?: () => Promise<void>;
 }
 
 export interface UploadResult {
@@ -274,6 +280,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
       totalMs: committedAt - started + (options.dumpTimings?.dumpMs ?? 0),
     },
   };
+  await options.beforeCommit?.();
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
   return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks: uploaded.length, reusedChunks };

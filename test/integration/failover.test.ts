@@ -168,10 +168,14 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     } finally {
       await thawHost(testbed, FAILED);
     }
+    const thawedAt = Date.now();
     // Thawed, host 3's agent sees another owner and destroys its copy instead of letting it run on.
     await until(`host3's stale copy of ${HUNG} destroyed`, async () => (!(await runtimeFor(hungHost).exists(HUNG)) ? true : undefined), 60_000);
     expect((await runningCopies(HUNG)).length).toBe(1);
     expect((await registry.ownership(HUNG))?.owner).toBe(owner.owner);
+    // Nor does it commit a checkpoint of its diverged copy (one it was uploading when frozen, or dumped after).
+    const committedByStale = (await store.versions(HUNG)).filter((v) => v.sourceHost === hungHost.hostId && v.state === 'committed' && v.committedAt!.getTime() >= thawedAt);
+    expect(committedByStale).toEqual([]);
     await testbed.ring.waitStatus(FAILED, 'U', 60_000);
   });
 
