@@ -36,7 +36,7 @@ export interface StandbyDeps {
 export interface StandbyRound {
   /** Containers whose copy moved to a newer version: container → version. */
   updated: Map<string, number>;
-  /** Containers whose copy was deleted (owned here now, no longer a replica here, or gone from the registry). */
+  /** Containers whose copy was deleted (running here now, no longer a replica here, or gone from the registry). */
   dropped: string[];
   /** Containers whose copy could not be brought up to date this round, with why. */
   failed: Map<string, string>;
@@ -76,9 +76,11 @@ export class StandbyPrefetcher {
   async refresh(): Promise<StandbyRound> {
     const { hostId, store, registry, cache, cassandraAddress } = this.deps;
     const result: StandbyRound = { updated: new Map(), dropped: [], failed: new Map() };
+    // A copy is wanted until the container runs here: while this host is still restoring it (claimed, so owned
+    // here already), the restore may be reading the copy.
     const wanted = new Set(
       (await registry.allOwnership())
-        .filter((o) => o.owner !== hostId && store.replicas(o.container).includes(cassandraAddress))
+        .filter((o) => !(o.owner === hostId && o.state === 'running') && store.replicas(o.container).includes(cassandraAddress))
         .map((o) => o.container),
     );
     for (const container of await cache.containers()) {

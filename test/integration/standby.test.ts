@@ -99,7 +99,7 @@ describe('standby copies of the snapshots a host would restore', () => {
     expect(sha(readFileSync(join(scratch, 'down2/images/pages-1.img')))).toBe(sha(pages));
   });
 
-  it('keeps no copy on the owner, nor once the container is owned by the copying host', async () => {
+  it('keeps no copy on the owner, keeps it while the copying host restores, and drops it once the container runs there', async () => {
     const ownerCache = new StandbyCache(join(scratch, 'owner-cache'));
     const onOwner = new StandbyPrefetcher({
       hostId: testbed.host(ownerIndex()).hostId, store, registry, cache: ownerCache, cassandraAddress: testbed.host(ownerIndex()).address, logger: createLogger('test', 'error'),
@@ -107,9 +107,15 @@ describe('standby copies of the snapshots a host would restore', () => {
     expect((await onOwner.refresh()).updated.has(container)).toBe(false);
     expect(await ownerCache.containers()).toEqual([]);
 
-    // The standby host takes the container over (as a failover would): its copy has no use any more.
+    // The standby host takes the container over (as a failover does): while it restores, its copy is kept (the
+    // restore reads it); once the container runs there, the copy has no use any more.
+    const standbyHost = testbed.host(standbyIndex()).hostId;
     const current = (await registry.ownership(container))!;
-    expect((await registry.claim(container, testbed.host(standbyIndex()).hostId, current.epoch, 'running')).won).toBe(true);
+    const claim = await registry.claim(container, standbyHost, current.epoch);
+    expect(claim.won).toBe(true);
+    expect((await prefetcherOf(standbyIndex()).refresh()).dropped).not.toContain(container);
+    expect(await cache.readyVersion(container)).toBeDefined();
+    expect(await registry.setState(container, standbyHost, current.epoch + 1, 'running')).toBe(true);
     const round = await prefetcherOf(standbyIndex()).refresh();
     expect(round.dropped).toContain(container);
     expect(await cache.containers()).not.toContain(container);
