@@ -1,5 +1,6 @@
 import type cassandra from 'cassandra-driver';
-import { readFileSync, existsSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { EventLog } from '../../src/cluster/events.ts';
 import { ClusterRegistry, type Ownership } from '../../src/cluster/registry.ts';
@@ -23,8 +24,9 @@ const META = 'failover_meta';
 const CONTAINERS = ['fo-a', 'fo-b'];
 const HUNG = 'fo-hung';
 const STAYING = 'fo-stay';
+const RETRIED = 'fo-retry';
 let lost = '';
-const ALL = () => [...CONTAINERS, HUNG, STAYING, ...(lost ? [lost] : [])];
+const ALL = () => [...CONTAINERS, HUNG, STAYING, RETRIED, ...(lost ? [lost] : [])];
 const FAILED = 3;
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -142,6 +144,44 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
       // The new owner goes on checkpointing: the version history continues, numbers never reused.
       await until(`a new checkpoint of ${name} by its new owner`, async () => ((await store.latestCommitted(name))!.version > lastVersion.get(name)! ? true : undefined), 60_000);
     }
+  });
+
+  it('moves a restore that fails on the first candidate host to the next one, and the container runs once', async () => {
+    onTestFailed(printAgentLogs);
+    const failedHost = testbed.host(FAILED);
+    await runCounterContainer(failedHost, RETRIED);
+    const before = await counterBeforeACheckpoint(failedHost, RETRIED);
+    // The candidates: the live replica hosts in token-map order, then the other live hosts.
+    const failedAddress = testbed.ring.node(FAILED).address;
+    const replicas = store.replicas(RETRIED).filter((a) => a !== failedAddress);
+    const others = testbed.hosts.map((h) => h.address).filter((a) => a !== failedAddress && !replicas.includes(a));
+    const [first, next] = [...replicas, ...others].map((a) => testbed.hosts.findIndex((h) => h.address === a) + 1);
+    // A real fault on the first candidate: its staging directory is a file, so its restore fails half-way.
+    const staging = join(agentPidFile(testbed, first!).replace(/agent\.pid$/, ''), 'staging');
+    renameSync(staging, `${staging}.aside`);
+    writeFileSync(staging, 'not a directory');
+    try {
+      await killHost(testbed, FAILED);
+      const owner = await until(`${RETRIED} running on a live host`, async () => {
+        const o = await registry.ownership(RETRIED);
+        return o && o.owner !== failedHost.hostId && o.state === 'running' ? o : undefined;
+      }, 120_000, 500);
+      expect(owner.owner).toBe(testbed.host(next!).hostId);
+      expect(owner.epoch).toBe(3); // claimed by the first candidate (2), then by the next (3)
+      expect(await runningCopies(RETRIED)).toEqual([next]);
+      expect(await waitForCounterAbove(testbed.host(next!), RETRIED, before - 1)).toBeGreaterThanOrEqual(before);
+      const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(Date.now() - 5 * 60_000), new Date());
+      const failed = events.find((e) => e.kind === 'restore-failed' && e.container === RETRIED);
+      expect(failed?.host).toBe(testbed.host(first!).hostId);
+      expect(failed?.detail).toMatch(/ENOTDIR|not a directory/);
+      expect(events.filter((e) => e.kind === 'restore-done' && e.container === RETRIED).map((e) => e.host)).toEqual([testbed.host(next!).hostId]);
+    } finally {
+      rmSync(staging, { force: true });
+      renameSync(`${staging}.aside`, staging);
+    }
+    await testbed.ring.restart(FAILED);
+    await startAgent(testbed, FAILED, agentOptions);
+    await until(`host3's stale copy of ${RETRIED} destroyed`, async () => (!(await runtimeFor(failedHost).exists(RETRIED)) ? true : undefined), 60_000);
   });
 
   it('restores the containers of a hung host (SIGSTOP) once gossip says DN, and after SIGCONT there is still one copy', async () => {
