@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const target = join(root, 'src/api/generated');
-const protos = ['lxcr/v1/agent.proto', 'grpc/health/v1/health.proto'];
+const protos = ['lxcr/v1/agent.proto', 'lxcr/v1/cluster.proto', 'grpc/health/v1/health.proto'];
 // Keep in step with LOADER_OPTIONS in src/api/proto.ts.
 const options = ['--longs=Number', '--enums=String', '--defaults', '--oneofs', '--grpcLib=@grpc/grpc-js', '--includeComments'];
 

@@ -4,12 +4,14 @@ import cassandra from 'cassandra-driver';
 import { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
+import { ClusterClient } from '../api/cluster-client.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
 import { EventLog } from '../cluster/events.ts';
 import { GossipAwarePolicy } from '../cluster/gossip-aware-policy.ts';
 import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
 import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
+import { AgentClusterOperations } from './cluster-operations.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
 import { FailoverCoordinator } from '../failover/coordinator.ts';
 import { RegistryOwnershipGuard } from '../failover/fencing.ts';
@@ -81,7 +83,8 @@ export class Agent {
     readonly server: AgentServer,
     private readonly coordinator: FailoverCoordinator,
     private readonly standby: StandbyPrefetcher | undefined,
-    private readonly peers: Map<string, AgentClient>,
+    /** Clients of other agents, closed at stop (the maps fill as peers are called). */
+    private readonly peers: ReadonlyArray<ReadonlyMap<string, { close(): void }>>,
   ) {}
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
@@ -131,13 +134,22 @@ export class Agent {
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
         standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
+      const peers = new Map<string, AgentClient>();
+      const clusterPeers = new Map<string, ClusterClient>();
+      const cluster = new AgentClusterOperations({
+        hostId: config.hostId, registry, store, gossip, supervisor,
+        peer: (endpoint) => {
+          let peer = clusterPeers.get(endpoint);
+          if (!peer) clusterPeers.set(endpoint, (peer = new ClusterClient(endpoint, grpc.credentials.createInsecure())));
+          return peer;
+        },
+      });
       const server = await startAgentServer({
-        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), operations: restoreService, logger: log,
+        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), operations: restoreService, cluster, logger: log,
       });
       cleanups.push(() => server.stop());
       await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt: new Date() });
 
-      const peers = new Map<string, AgentClient>();
       const coordinator = new FailoverCoordinator({
         hostId: config.hostId, gossip, registry, store, events, logger: log,
         clientFor: (endpoint) => {
@@ -153,7 +165,7 @@ export class Agent {
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, peers);
+      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [peers, clusterPeers]);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -168,7 +180,7 @@ export class Agent {
     await this.standby?.stop();
     await this.supervisor.stop();
     await this.server.stop();
-    for (const peer of this.peers.values()) peer.close();
+    for (const clients of this.peers) for (const peer of clients.values()) peer.close();
     await this.gossip.close();
     await this.client.shutdown();
     this.log.info('agent stopped');

@@ -2,10 +2,11 @@ import * as grpc from '@grpc/grpc-js';
 import type { ServingStatus } from './health.ts';
 import type { AgentServiceClient } from './generated/lxcr/v1/AgentService.ts';
 import type { HealthClient } from './generated/grpc/health/v1/Health.ts';
+import type { HealthCheckResponse__Output } from './generated/grpc/health/v1/HealthCheckResponse.ts';
 import type { RestoreRequest } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse__Output } from './generated/lxcr/v1/RestoreResponse.ts';
 import { agentProto, healthProto } from './proto.ts';
-import { fromServiceError } from './status.ts';
+import { callUnary } from './unary.ts';
 
 /** Another agent, as seen over gRPC: its Restore and its health. Errors come back as our coded errors. */
 export class AgentClient {
@@ -21,21 +22,12 @@ export class AgentClient {
   }
 
   restore(request: RestoreRequest, timeoutMs: number): Promise<RestoreResponse__Output> {
-    return new Promise((resolve, reject) => {
-      this.agent.Restore(request, { deadline: Date.now() + timeoutMs }, (err, response) => {
-        if (err) reject(fromServiceError(err, `Restore of ${request.container} on ${this.endpoint}`));
-        else resolve(response!);
-      });
-    });
+    return callUnary(`Restore of ${request.container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.agent.Restore(request, options, callback));
   }
 
-  health(service = '', timeoutMs = 2000): Promise<ServingStatus> {
-    return new Promise((resolve, reject) => {
-      this.healthClient.Check({ service }, { deadline: Date.now() + timeoutMs }, (err, response) => {
-        if (err) reject(fromServiceError(err, `health check of ${this.endpoint}`));
-        else resolve(response!.status);
-      });
-    });
+  async health(service = '', timeoutMs = 2000): Promise<ServingStatus> {
+    const response = await callUnary<HealthCheckResponse__Output>(`health check of ${this.endpoint}`, timeoutMs, (options, callback) => this.healthClient.Check({ service }, options, callback));
+    return response.status;
   }
 
   close(): void {

@@ -6,8 +6,9 @@ import type { AgentServiceHandlers } from './generated/lxcr/v1/AgentService.ts';
 import type { RestoreRequest__Output } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
 import { HealthService } from './health.ts';
-import { AGENT_SERVICE_NAME, agentProto, healthProto } from './proto.ts';
-import { toServiceError } from './status.ts';
+import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, healthProto } from './proto.ts';
+import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
+import { unaryHandler } from './unary.ts';
 
 /** What the agent does for a Restore call; the API layer only validates, calls and maps errors. */
 export interface AgentOperations {
@@ -28,6 +29,8 @@ export interface AgentServerOptions {
   address: string;
   credentials: grpc.ServerCredentials;
   operations: AgentOperations;
+  /** The public API (ClusterService), served next to the agents' own calls. */
+  cluster?: ClusterOperations;
   logger: Logger;
 }
 
@@ -63,22 +66,12 @@ export function validateRestoreRequest(request: RestoreRequest__Output): ValidRe
 export async function startAgentServer(options: AgentServerOptions): Promise<AgentServer> {
   const log = options.logger.child('grpc');
   const server = new grpc.Server();
-  const health = new HealthService([AGENT_SERVICE_NAME]);
+  const health = new HealthService(options.cluster ? [AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME] : [AGENT_SERVICE_NAME]);
   const handlers: AgentServiceHandlers = {
-    Restore: (call, callback) => {
-      const started = performance.now();
-      Promise.resolve()
-        .then(() => options.operations.restore(validateRestoreRequest(call.request)))
-        .then(
-          (response) => callback(null, response),
-          (err: unknown) => {
-            log.warn('Restore refused or failed', { container: call.request.container, error: errorMessage(err), ms: Math.round(performance.now() - started) });
-            callback(toServiceError(err));
-          },
-        );
-    },
+    Restore: unaryHandler(log, 'Restore', (request) => ({ container: request.container }), (request) => options.operations.restore(validateRestoreRequest(request))),
   };
   server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
+  if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, log));
   server.addService(healthProto.grpc.health.v1.Health.service, health.handlers);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.address, options.credentials, (err, boundPort) => (err ? reject(err) : resolve(boundPort))),

@@ -2,6 +2,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { ProtoGrpcType as AgentProto } from './generated/agent.ts';
+import type { ProtoGrpcType as ClusterProto } from './generated/cluster.ts';
 import type { ProtoGrpcType as HealthProto } from './generated/health.ts';
 
 /** proto/ at the repository root, whether running from src/ (tsx) or dist/ (built). */
@@ -22,7 +23,10 @@ function load<T>(file: string): T {
 }
 
 export const agentProto = load<AgentProto>('lxcr/v1/agent.proto');
+export const clusterProto = load<ClusterProto>('lxcr/v1/cluster.proto');
 export const healthProto = load<HealthProto>('grpc/health/v1/health.proto');
 
 /** The fully qualified name health checks use for the agent service. */
 export const AGENT_SERVICE_NAME = 'lxcr.v1.AgentService';
+/** The public API's service name, for health checks. */
+export const CLUSTER_SERVICE_NAME = 'lxcr.v1.ClusterService';

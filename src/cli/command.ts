@@ -17,6 +17,10 @@ export const ExitCode = {
   USAGE: 2,
   ENVIRONMENT: 3,
   TESTBED: 4,
+  /** The cluster refused the request as asked: no such container or version, or not in a state that allows it. */
+  REFUSED: 5,
+  /** The agent or Cassandra could not be reached, or did not answer in time. */
+  UNAVAILABLE: 6,
   INTERRUPTED: 130,
 } as const;
 

@@ -1,10 +1,11 @@
 import { InvalidArgumentError, LxcrError, errorMessage } from '../util/errors.ts';
 import { ExitCode, helpText, type Command } from './command.ts';
 import { agentCommand } from './commands/agent.ts';
+import { checkpointCommand, containersCommand, snapshotsCommand, statusCommand } from './commands/cluster.ts';
 import { demoCommand } from './commands/demo.ts';
 import { testbedCommand } from './commands/testbed.ts';
 
-const COMMANDS: readonly Command[] = [agentCommand, demoCommand, testbedCommand];
+const COMMANDS: readonly Command[] = [agentCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, demoCommand, testbedCommand];
 
 function overview(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);
@@ -21,6 +22,14 @@ export function exitCodeFor(err: unknown): number {
       return ExitCode.ENVIRONMENT;
     case 'TESTBED':
       return ExitCode.TESTBED;
+    case 'NOT_FOUND':
+    case 'FAILED_PRECONDITION':
+    case 'ABORTED':
+    case 'ALREADY_EXISTS':
+      return ExitCode.REFUSED;
+    case 'UNAVAILABLE':
+    case 'TIMEOUT':
+      return ExitCode.UNAVAILABLE;
     default:
       return ExitCode.FAILED;
   }

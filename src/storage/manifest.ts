@@ -291,3 +291,16 @@ function nonNegative(value: unknown, at: string): number {
 function matches(value: unknown, pattern: RegExp): value is string {
   return typeof value === 'string' && pattern.test(value);
 }
+
+/** A version's sizes: raw bytes of its files, and bytes stored for its distinct chunks (after compression). */
+export function manifestSizes(manifest: VersionManifest): { logicalBytes: number; storedBytes: number; chunks: number } {
+  const distinct = new Map<string, number>();
+  let logicalBytes = 0;
+  for (const file of manifest.files) {
+    logicalBytes += file.size;
+    for (const chunk of file.chunks) distinct.set(chunk.hash, chunk.storedSize);
+  }
+  let storedBytes = 0;
+  for (const size of distinct.values()) storedBytes += size;
+  return { logicalBytes, storedBytes, chunks: distinct.size };
+}

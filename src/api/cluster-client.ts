@@ -1,0 +1,42 @@
+import type * as grpc from '@grpc/grpc-js';
+import type { CheckpointResponse__Output } from './generated/lxcr/v1/CheckpointResponse.ts';
+import type { ClusterServiceClient } from './generated/lxcr/v1/ClusterService.ts';
+import type { ListContainersResponse__Output } from './generated/lxcr/v1/ListContainersResponse.ts';
+import type { ListHostsResponse__Output } from './generated/lxcr/v1/ListHostsResponse.ts';
+import type { ListSnapshotsResponse__Output } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
+import { clusterProto } from './proto.ts';
+import { callUnary } from './unary.ts';
+
+/** A client of the public API (any agent answers for the whole cluster). Errors come back as our coded errors. */
+export class ClusterClient {
+  private readonly client: ClusterServiceClient;
+
+  constructor(
+    readonly endpoint: string,
+    credentials: grpc.ChannelCredentials,
+    private readonly timeoutMs = 30_000,
+  ) {
+    this.client = new clusterProto.lxcr.v1.ClusterService(endpoint, credentials);
+  }
+
+  listHosts(): Promise<ListHostsResponse__Output> {
+    return callUnary(`ListHosts on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListHosts({}, options, callback));
+  }
+
+  listContainers(): Promise<ListContainersResponse__Output> {
+    return callUnary(`ListContainers on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListContainers({}, options, callback));
+  }
+
+  listSnapshots(container: string): Promise<ListSnapshotsResponse__Output> {
+    return callUnary(`ListSnapshots of ${container} on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListSnapshots({ container }, options, callback));
+  }
+
+  /** A checkpoint waits for its upload: give it the time a large container needs (default 10 min). */
+  checkpoint(container: string, forwardedBy = '', timeoutMs = 10 * 60_000): Promise<CheckpointResponse__Output> {
+    return callUnary(`Checkpoint of ${container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Checkpoint({ container, forwardedBy }, options, callback));
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

@@ -1,0 +1,125 @@
+import * as grpc from '@grpc/grpc-js';
+import { ClusterClient } from '../../api/cluster-client.ts';
+import { InvalidArgumentError } from '../../util/errors.ts';
+import { parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { ExitCode, type Command } from '../command.ts';
+import { formatAge, formatBytes, formatTable } from '../table.ts';
+
+/**
+ * The operator's commands over the public API (lxcr.v1.ClusterService): any agent answers for the whole cluster.
+ * Tables by default, `--json` for scripts (the API's response as JSON).
+ */
+
+const DEFAULT_AGENT = '127.0.0.1:7500';
+
+const CLIENT_FLAGS = {
+  agent: { value: true, description: `the agent to ask, host:port (default $LXCR_AGENT or ${DEFAULT_AGENT})` },
+  insecure: { value: false, description: 'talk to the agent without TLS (required until TLS lands; local testbeds only)' },
+  json: { value: false, description: 'print the response as JSON' },
+} as const;
+
+async function withClient<T>(args: ParsedArgs, call: (client: ClusterClient) => Promise<T>): Promise<T> {
+  if (args.flags.get('insecure') !== true) {
+    throw new InvalidArgumentError('talking to an agent without TLS must be asked for explicitly with --insecure (TLS configuration is not available yet)');
+  }
+  const client = new ClusterClient(stringFlag(args, 'agent', process.env.LXCR_AGENT || DEFAULT_AGENT), grpc.credentials.createInsecure());
+  try {
+    return await call(client);
+  } finally {
+    client.close();
+  }
+}
+
+function print(args: ParsedArgs, response: unknown, table: () => string): void {
+  process.stdout.write(`${args.flags.get('json') === true ? JSON.stringify(response) : table()}\n`);
+}
+
+function onePositional(args: ParsedArgs, what: string): string {
+  const [value, ...extra] = args.positionals;
+  if (value === undefined || extra.length > 0) throw new InvalidArgumentError(`give exactly one ${what}${extra.length > 0 ? ` (got ${args.positionals.length})` : ''}`);
+  return value;
+}
+
+function noPositionals(args: ParsedArgs): void {
+  if (args.positionals.length > 0) throw new InvalidArgumentError(`unexpected argument "${args.positionals[0]}"`);
+}
+
+export const statusCommand: Command = {
+  name: 'status',
+  summary: 'the cluster\'s hosts: UN/DN in the answering agent\'s gossip view, containers owned',
+  usage: '[--agent HOST:PORT] --insecure [--json]',
+  flags: CLIENT_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, CLIENT_FLAGS);
+    noPositionals(args);
+    const response = await withClient(args, (c) => c.listHosts());
+    print(args, response, () =>
+      formatTable(
+        ['HOST', 'STATE', 'CONTAINERS', 'CASSANDRA', 'AGENT', 'UP SINCE'],
+        response.hosts.map((h) => [h.hostId, h.state, String(h.containers), h.cassandraAddress, h.grpcEndpoint, formatAge(h.startedAtMs)]),
+      ) + `\n(as seen by ${response.answeredBy})`,
+    );
+    return ExitCode.OK;
+  },
+};
+
+export const containersCommand: Command = {
+  name: 'containers',
+  summary: 'the cluster\'s containers: owner, state, last committed snapshot (version, age, size)',
+  usage: '[--agent HOST:PORT] --insecure [--json]',
+  flags: CLIENT_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, CLIENT_FLAGS);
+    noPositionals(args);
+    const response = await withClient(args, (c) => c.listContainers());
+    print(args, response, () =>
+      formatTable(
+        ['CONTAINER', 'HOST', 'STATE', 'EPOCH', 'VERSION', 'AGE', 'SIZE', 'STORED'],
+        response.containers.map((c) => [
+          c.name, c.host, c.state, String(c.epoch), c.lastVersion ? String(c.lastVersion) : '-', formatAge(c.lastCommittedAtMs),
+          c.lastVersion ? formatBytes(c.lastLogicalBytes) : '-', c.lastVersion ? formatBytes(c.lastStoredBytes) : '-',
+        ]),
+      ),
+    );
+    return ExitCode.OK;
+  },
+};
+
+export const snapshotsCommand: Command = {
+  name: 'snapshots',
+  summary: 'a container\'s snapshot versions, newest first',
+  usage: 'CONTAINER [--agent HOST:PORT] --insecure [--json]',
+  flags: CLIENT_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, CLIENT_FLAGS);
+    const container = onePositional(args, 'container name');
+    const response = await withClient(args, (c) => c.listSnapshots(container));
+    print(args, response, () =>
+      formatTable(
+        ['VERSION', 'STATE', 'FROM', 'AGE', 'SIZE', 'STORED', 'CHUNKS'],
+        response.snapshots.map((s) => [
+          String(s.version), s.state, s.sourceHost, formatAge(s.committedAtMs || s.createdAtMs),
+          s.state === 'committed' ? formatBytes(s.logicalBytes) : '-', s.state === 'committed' ? formatBytes(s.storedBytes) : '-', s.state === 'committed' ? String(s.chunks) : '-',
+        ]),
+      ),
+    );
+    return ExitCode.OK;
+  },
+};
+
+export const checkpointCommand: Command = {
+  name: 'checkpoint',
+  summary: 'checkpoint a container now, on the host that owns it; returns once the version is committed',
+  usage: 'CONTAINER [--agent HOST:PORT] --insecure [--json]',
+  flags: CLIENT_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, CLIENT_FLAGS);
+    const container = onePositional(args, 'container name');
+    const r = await withClient(args, (c) => c.checkpoint(container));
+    print(args, r, () =>
+      `${r.container}: version ${r.version} committed by ${r.host} — frozen ${Math.round(r.freezeMs)} ms, ${Math.round(r.totalMs)} ms in all; ` +
+      `${formatBytes(r.logicalBytes)} snapshot, ${formatBytes(r.uploadedBytes)} uploaded`,
+    );
+    return ExitCode.OK;
+  },
+};

@@ -1,0 +1,139 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type cassandra from 'cassandra-driver';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentClient } from '../../src/api/agent-client.ts';
+import { ClusterClient } from '../../src/api/cluster-client.ts';
+import type { ListSnapshotsResponse__Output } from '../../src/api/generated/lxcr/v1/ListSnapshotsResponse.ts';
+import { CLUSTER_SERVICE_NAME, clusterProto } from '../../src/api/proto.ts';
+import { ClusterRegistry } from '../../src/cluster/registry.ts';
+import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
+import { runCounterContainer, runtimeFor } from '../../testcontainers/lxc.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { until } from '../support/until.ts';
+
+/**
+ * The public API (lxcr.v1.ClusterService) and the CLI commands over it, against agents on the real testbed: any
+ * agent answers for the whole cluster, and a checkpoint asked of one agent runs on the container's owner.
+ */
+
+const testbed = sharedTestbed();
+const SNAPSHOTS = 'api_snap';
+const META = 'api_meta';
+const CONTAINER = 'api-a';
+const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
+let client: cassandra.Client;
+let store: CassandraSnapshotStore;
+const agents: TestbedAgent[] = [];
+let api: ClusterClient;
+
+beforeAll(async () => {
+  ({ client, store } = await connectStore(testbed, SNAPSHOTS));
+  await new ClusterRegistry({ client, keyspace: META }).ensureSchema();
+  await testbed.ring.waitSchemaAgreement();
+  await runCounterContainer(testbed.host(1), CONTAINER);
+  // No schedule: checkpoints happen only when asked.
+  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META }));
+  // Asked of host 2's agent; the container lives on host 1.
+  api = new ClusterClient(agents[1]!.grpcEndpoint, grpc.credentials.createInsecure());
+  await until(`${CONTAINER} adopted by host1`, async () => ((await api.listContainers()).containers.some((c) => c.name === CONTAINER && c.host === 'host1') || undefined), 60_000, 500);
+}, 240_000);
+
+afterAll(async () => {
+  api?.close();
+  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
+  await removeContainer(runtimeFor(testbed.host(1)), CONTAINER);
+  await client?.shutdown();
+}, 120_000);
+
+function lxcr(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const result = spawnSync(process.execPath, [LXCR, ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+describe('the public API, answered by any agent for the whole cluster', () => {
+  it('lists the hosts with their gossip state and load, and serves its health', async () => {
+    const { hosts, answeredBy } = await api.listHosts();
+    expect(answeredBy).toBe('host2');
+    expect(hosts.map((h) => [h.hostId, h.state])).toEqual([['host1', 'UN'], ['host2', 'UN'], ['host3', 'UN']]);
+    expect(hosts.find((h) => h.hostId === 'host1')!.containers).toBeGreaterThanOrEqual(1);
+    expect(hosts.map((h) => h.grpcEndpoint)).toEqual(agents.map((a) => a.grpcEndpoint));
+    const health = new AgentClient(agents[1]!.grpcEndpoint, grpc.credentials.createInsecure());
+    try {
+      expect(await health.health(CLUSTER_SERVICE_NAME)).toBe('SERVING');
+    } finally {
+      health.close();
+    }
+  });
+
+  it('checkpoints a container on its owner when another agent is asked, and lists the committed version', async () => {
+    const done = await api.checkpoint(CONTAINER);
+    expect(done.host).toBe('host1');
+    expect(done.version).toBeGreaterThan(0);
+    expect(done.logicalBytes).toBeGreaterThan(0);
+    expect((await store.latestCommitted(CONTAINER))?.version).toBe(done.version);
+
+    const { snapshots } = await api.listSnapshots(CONTAINER);
+    const listed = snapshots.find((s) => s.version === done.version)!;
+    expect(listed).toMatchObject({ state: 'committed', sourceHost: 'host1', logicalBytes: done.logicalBytes });
+    expect(listed.chunks).toBeGreaterThan(0);
+    expect(listed.storedBytes).toBeGreaterThan(0);
+    const container = (await api.listContainers()).containers.find((c) => c.name === CONTAINER)!;
+    expect(container).toMatchObject({ host: 'host1', state: 'running', epoch: 1, lastVersion: done.version, lastLogicalBytes: done.logicalBytes });
+  });
+
+  it('answers bad requests with their status code and what was wrong (a stock generated client)', async () => {
+    const stub = new clusterProto.lxcr.v1.ClusterService(agents[2]!.grpcEndpoint, grpc.credentials.createInsecure());
+    const listSnapshots = (container: string) =>
+      new Promise<grpc.ServiceError | ListSnapshotsResponse__Output>((resolve) => stub.ListSnapshots({ container }, (err, res) => resolve(err ?? res!)));
+    try {
+      const unknown = (await listSnapshots('no-such-container')) as grpc.ServiceError;
+      expect(unknown.code).toBe(grpc.status.NOT_FOUND);
+      expect(unknown.details).toMatch(/no-such-container is not in the cluster/);
+      const malformed = (await listSnapshots('../etc')) as grpc.ServiceError;
+      expect(malformed.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(malformed.details).toMatch(/invalid ListSnapshots request: invalid container name/);
+      const checkpoint = await new Promise<grpc.ServiceError | null>((resolve) => stub.Checkpoint({ container: 'no-such-container' }, (err) => resolve(err)));
+      expect(checkpoint?.code).toBe(grpc.status.NOT_FOUND);
+      expect(checkpoint?.details).toMatch(/no host owns it/);
+    } finally {
+      stub.close();
+    }
+  });
+});
+
+describe('lxcr status, containers, snapshots and checkpoint', () => {
+  const agent = () => ['--agent', agents[0]!.grpcEndpoint, '--insecure'];
+
+  it('print tables, or the response as JSON with --json', () => {
+    const status = lxcr('status', ...agent());
+    expect(status.status).toBe(0);
+    expect(status.stdout).toMatch(/^HOST\s+STATE\s+CONTAINERS/);
+    expect(status.stdout).toMatch(/host3\s+UN/);
+    const containers = lxcr('containers', ...agent(), '--json');
+    expect(containers.status).toBe(0);
+    const listed = JSON.parse(containers.stdout) as { containers: Array<{ name: string; host: string }> };
+    expect(listed.containers.find((c) => c.name === CONTAINER)?.host).toBe('host1');
+    const checkpoint = lxcr('checkpoint', CONTAINER, ...agent());
+    expect(checkpoint.status).toBe(0);
+    expect(checkpoint.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host1`));
+    const snapshots = lxcr('snapshots', CONTAINER, ...agent());
+    expect(snapshots.stdout.split('\n')[0]).toMatch(/^VERSION\s+STATE\s+FROM/);
+    expect(snapshots.stdout).toMatch(/committed\s+host1/);
+  });
+
+  it('exit 5 when the cluster refuses, 6 when no agent answers, 2 for bad arguments — each with its reason', () => {
+    const unknown = lxcr('snapshots', 'no-such-container', ...agent());
+    expect(unknown.status).toBe(5);
+    expect(unknown.stderr).toMatch(/no-such-container is not in the cluster/);
+    const noAgent = lxcr('status', '--agent', '127.0.0.1:1', '--insecure');
+    expect(noAgent.status).toBe(6);
+    expect(noAgent.stderr).toMatch(/ListHosts on 127\.0\.0\.1:1/);
+    const noTls = lxcr('status', '--agent', agents[0]!.grpcEndpoint);
+    expect(noTls.status).toBe(2);
+    expect(noTls.stderr).toMatch(/--insecure/);
+    expect(lxcr('snapshots', ...agent()).status).toBe(2);
+  });
+});
