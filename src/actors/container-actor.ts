@@ -1,10 +1,10 @@
 import { spawn, type Ref } from 'nact';
 import cron, { type ScheduledTask } from 'node-cron';
-import { discardStaged, dumpToStaging, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
+import { discardStaged, dumpToStaging, restartFromStaged, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { GcReport } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { InvalidArgumentError } from '../util/errors.ts';
+import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { GarbageCollectorMessage } from './garbage-collector.ts';
 import type { ReplicatorMessage } from './replicator.ts';
@@ -32,7 +32,8 @@ export interface RecoverOutcome {
 }
 
 export type ContainerMessage =
-  | { type: 'checkpoint'; scheduled?: boolean; replyTo?: Ref<Reply<CheckpointOutcome>> }
+  /** `stop`: the container stops once dumped (a hand-off to another host); it runs on here if the upload fails. */
+  | { type: 'checkpoint'; scheduled?: boolean; stop?: boolean; replyTo?: Ref<Reply<CheckpointOutcome>> }
   | { type: 'recover'; replyTo?: Ref<Reply<RecoverOutcome>> }
   /** Answered once everything queued before it is done: how a shutdown waits for in-flight work. */
   | { type: 'drain'; replyTo: Ref<Reply<null>> };
@@ -84,10 +85,21 @@ export interface ContainerActor {
 export function spawnContainerActor(parent: Ref<unknown>, container: string, deps: ContainerActorDeps, schedule: ContainerSchedule = {}): ContainerActor {
   const log = deps.logger.child(container);
 
-  const checkpoint = async (): Promise<CheckpointOutcome> => {
-    const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir });
+  const checkpoint = async (stop = false): Promise<CheckpointOutcome> => {
+    const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir, stop });
     try {
-      const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`);
+      const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`).catch(
+        async (err: unknown) => {
+          // A stopping dump that was not committed: the container comes back here from the images just taken,
+          // so a failed hand-off leaves it running where it was, as it was.
+          if (stop) {
+            await restartFromStaged(deps.runtime, staged).catch((restartErr: unknown) =>
+              log.error('could not restart the container from its own dump after a failed hand-off checkpoint', { error: errorMessage(restartErr) }),
+            );
+          }
+          throw err;
+        },
+      );
       const gc = await ask<GarbageCollectorMessage, GcReport>(deps.garbageCollector, (replyTo) => ({ type: 'collect' as const, container, replyTo }), deps.replicationTimeoutMs, `GC of ${container}`);
       log.info('checkpoint committed', {
         version: result.version, dumpMs: Math.round(result.dumpMs), uploadedBytes: result.uploadedBytes,
@@ -118,7 +130,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
     async (_state: undefined, message: ContainerMessage) => {
       if (message.type === 'checkpoint') {
         if (message.scheduled) scheduledWaiting = false;
-        await respond(log, 'checkpoint', checkpoint, message.replyTo);
+        await respond(log, 'checkpoint', () => checkpoint(message.stop), message.replyTo);
       } else if (message.type === 'recover') {
         await respond(log, 'recovery', recover, message.replyTo);
       } else {

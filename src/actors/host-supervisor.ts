@@ -37,6 +37,8 @@ export interface HostSupervisorOptions {
   ownership?: OwnershipGuard;
   /** How often ownership of the supervised containers is re-checked. Default 5 s. */
   fenceMs?: number;
+  /** How long a handed-off container may stay unclaimed before this host takes it back. Default 30 s. */
+  handoffTimeoutMs?: number;
 }
 
 /** The registry's say on whether this host may run a container. */
@@ -54,6 +56,11 @@ export interface OwnershipGuard {
    * committed, so a host taken for dead never commits a snapshot of its diverged copy.
    */
   checkStillOwner(container: string): Promise<void>;
+  /**
+   * A container this host released (handed off) that nobody claimed: makes it running here again at the same
+   * epoch. False when another host claimed it meanwhile (or it is not released by this host).
+   */
+  reclaimReleased(container: string): Promise<boolean>;
 }
 
 /** A container as the supervisor last saw it; 'CRASHED' marks a stop nobody asked for. */
@@ -62,11 +69,15 @@ export type SupervisedState = ContainerState | 'CRASHED';
 type SupervisorMessage = { type: 'poll' };
 
 const DEFAULT_CHECKPOINT_TIMEOUT_MS = 10 * 60 * 1000;
+const DEFAULT_HANDOFF_TIMEOUT_MS = 30_000;
 
 export class HostSupervisor {
   private readonly system: ActorSystemRef;
   private readonly actor: Ref<SupervisorMessage>;
   private readonly containers = new Map<string, ContainerActor>();
+  /** Containers handed off to another host and stopped here, with when: not recovered, not adopted. */
+  private readonly handedOff = new Map<string, number>();
+  private spawnFor: ((name: string) => ContainerActor) | undefined;
   private readonly lastStates = new Map<string, SupervisedState>();
   private readonly poller: NodeJS.Timeout;
   private readonly log: Logger;
@@ -88,7 +99,8 @@ export class HostSupervisor {
     this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
       this.system,
       async (_state: undefined, _message: SupervisorMessage, ctx) => {
-        await this.poll((name) => spawnContainerActor(ctx.self, name, deps, options.schedule ?? {}));
+        this.spawnFor ??= (name) => spawnContainerActor(ctx.self, name, deps, options.schedule ?? {});
+        await this.poll(this.spawnFor);
         return undefined;
       },
       'supervisor',
@@ -113,6 +125,10 @@ export class HostSupervisor {
     for (const name of names) {
       const state = await this.options.runtime.state(name).catch(() => undefined);
       if (state === undefined) continue; // destroyed between list and state
+      if (this.handedOff.has(name)) {
+        if (state !== 'RUNNING') continue; // stopped for its next owner: neither crashed nor ours to restart
+        this.handedOff.delete(name); // restored here (a restore asked for this host): supervised again below
+      }
       const previous = this.lastStates.get(name);
       if (state === 'RUNNING' && !this.containers.has(name)) {
         if (!(await this.mayRunOrDestroy(name))) continue;
@@ -163,12 +179,25 @@ export class HostSupervisor {
     }
   }
 
-  /** Every `fenceMs`, destroys the supervised containers that another host owns now. */
+  /**
+   * Every `fenceMs`, destroys the supervised and handed-off containers that another host owns now, and takes
+   * back a handed-off one nobody claimed in time (its migration's target failed before claiming it).
+   */
   private async fence(): Promise<void> {
     const guard = this.options.ownership;
-    if (!guard || this.containers.size === 0 || Date.now() - this.lastFence < (this.options.fenceMs ?? 5000)) return;
+    if (!guard || this.containers.size + this.handedOff.size === 0 || Date.now() - this.lastFence < (this.options.fenceMs ?? 5000)) return;
     this.lastFence = Date.now();
-    for (const name of await guard.ownedElsewhere([...this.containers.keys()])) await this.destroyStale(name);
+    for (const name of await guard.ownedElsewhere([...this.containers.keys(), ...this.handedOff.keys()])) await this.destroyStale(name);
+    for (const [name, since] of this.handedOff) {
+      if (Date.now() - since < (this.options.handoffTimeoutMs ?? DEFAULT_HANDOFF_TIMEOUT_MS) || !this.spawnFor) continue;
+      if (!(await guard.reclaimReleased(name))) continue; // claimed meanwhile: the next fence destroys this copy
+      this.handedOff.delete(name);
+      const actor = this.spawnFor(name);
+      this.containers.set(name, actor);
+      this.lastStates.set(name, 'CRASHED');
+      this.log.warn('handed-off container was not claimed in time: restoring it here from its last committed snapshot', { container: name });
+      tell(actor.ref, { type: 'recover' } satisfies ContainerMessage);
+    }
   }
 
   /** Stops supervising a container another host owns and destroys this host's copy of it. */
@@ -180,6 +209,7 @@ export class HostSupervisor {
       this.containers.delete(name);
     }
     this.lastStates.delete(name);
+    this.handedOff.delete(name);
     this.log.warn('another host owns this container now: destroying the stale copy here', { container: name });
     await this.options.runtime.stop(name, { kill: true }).catch(() => undefined);
     await this.options.runtime.destroy(name);
@@ -194,6 +224,39 @@ export class HostSupervisor {
   /** What the supervisor last saw of each container. */
   states(): ReadonlyMap<string, SupervisedState> {
     return new Map(this.lastStates);
+  }
+
+  /**
+   * Hands a supervised container off to its next owner: with `checkpoint`, a last checkpoint that stops it once
+   * dumped (if that fails, it runs on here as before and the error is thrown); without, it is stopped. From then
+   * on it is neither checkpointed nor recovered here; the fence destroys it once another host owns it, or takes it
+   * back after `handoffTimeoutMs` if nobody claimed it.
+   */
+  async handOff(container: string, options: { checkpoint: boolean }): Promise<{ version?: number; freezeMs?: number }> {
+    const actor = this.containers.get(container);
+    if (!actor) throw new NotFoundError(`container ${container} is not supervised on ${this.options.hostId}`);
+    // Marked first: a poll must not take the stop for a crash.
+    this.handedOff.set(container, Date.now());
+    try {
+      let outcome: CheckpointOutcome | undefined;
+      if (options.checkpoint) {
+        outcome = await ask<ContainerMessage, CheckpointOutcome>(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, stop: true, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `hand-off checkpoint of ${container}`);
+      } else {
+        // After the checkpoint in progress, if any: the container is not killed in the middle of a dump.
+        await ask<ContainerMessage, null>(actor.ref, (replyTo) => ({ type: 'drain' as const, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `hand-off of ${container}`);
+        await this.options.runtime.stop(container, { kill: true });
+      }
+      actor.stopSchedule();
+      stop(actor.ref);
+      this.containers.delete(container);
+      this.lastStates.delete(container);
+      this.handedOff.set(container, Date.now());
+      this.log.info('container handed off', { container, version: outcome?.version });
+      return { version: outcome?.version, freezeMs: outcome?.dumpMs };
+    } catch (err) {
+      this.handedOff.delete(container);
+      throw err;
+    }
   }
 
   /** Checkpoints a supervised container now (queued behind one already running) and collects its garbage. */

@@ -4,6 +4,7 @@ import cassandra from 'cassandra-driver';
 import { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
+import { ClientPool } from '../api/client-pool.ts';
 import { ClusterClient } from '../api/cluster-client.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
@@ -15,6 +16,7 @@ import { AgentClusterOperations } from './cluster-operations.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
 import { FailoverCoordinator } from '../failover/coordinator.ts';
 import { RegistryOwnershipGuard } from '../failover/fencing.ts';
+import { HandoffService } from '../failover/handoff-service.ts';
 import { RestoreService } from '../failover/restore-service.ts';
 import { StandbyPrefetcher } from '../failover/standby.ts';
 import { LxcRuntime } from '../runtime/lxc.ts';
@@ -84,7 +86,7 @@ export class Agent {
     private readonly coordinator: FailoverCoordinator,
     private readonly standby: StandbyPrefetcher | undefined,
     /** Clients of other agents, closed at stop (the maps fill as peers are called). */
-    private readonly peers: ReadonlyArray<ReadonlyMap<string, { close(): void }>>,
+    private readonly peers: ReadonlyArray<ClientPool<{ close(): void }>>,
   ) {}
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
@@ -134,29 +136,22 @@ export class Agent {
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
         standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
-      const peers = new Map<string, AgentClient>();
-      const clusterPeers = new Map<string, ClusterClient>();
+      const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
+      const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, grpc.credentials.createInsecure()));
+      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, grpc.credentials.createInsecure()));
       const cluster = new AgentClusterOperations({
-        hostId: config.hostId, registry, store, gossip, supervisor,
-        peer: (endpoint) => {
-          let peer = clusterPeers.get(endpoint);
-          if (!peer) clusterPeers.set(endpoint, (peer = new ClusterClient(endpoint, grpc.credentials.createInsecure())));
-          return peer;
-        },
+        hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
       });
       const server = await startAgentServer({
-        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), operations: restoreService, cluster, logger: log,
+        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), cluster, logger: log,
+        operations: { restore: (request) => restoreService.restore(request), handOff: (request) => handoffService.handOff(request) },
       });
       cleanups.push(() => server.stop());
       await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt: new Date() });
 
       const coordinator = new FailoverCoordinator({
         hostId: config.hostId, gossip, registry, store, events, logger: log,
-        clientFor: (endpoint) => {
-          let peer = peers.get(endpoint);
-          if (!peer) peers.set(endpoint, (peer = new AgentClient(endpoint, grpc.credentials.createInsecure())));
-          return peer;
-        },
+        clientFor: (endpoint) => agentPeers.get(endpoint),
         concurrency: config.failover?.concurrency, followerDelayMs: config.failover?.followerDelayMs, reconcileMs: config.failover?.reconcileMs,
       });
       coordinator.start();
@@ -165,7 +160,7 @@ export class Agent {
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [peers, clusterPeers]);
+      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [agentPeers, clusterPeers]);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -180,7 +175,7 @@ export class Agent {
     await this.standby?.stop();
     await this.supervisor.stop();
     await this.server.stop();
-    for (const clients of this.peers) for (const peer of clients.values()) peer.close();
+    for (const pool of this.peers) pool.closeAll();
     await this.gossip.close();
     await this.client.shutdown();
     this.log.info('agent stopped');

@@ -5,13 +5,17 @@ import type { Container } from '../api/generated/lxcr/v1/Container.ts';
 import type { ListContainersResponse } from '../api/generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse } from '../api/generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse } from '../api/generated/lxcr/v1/ListSnapshotsResponse.ts';
+import type { MoveResponse__Output } from '../api/generated/lxcr/v1/MoveResponse.ts';
 import type { Snapshot } from '../api/generated/lxcr/v1/Snapshot.ts';
+import type { AgentClient } from '../api/agent-client.ts';
 import type { GossipView } from '../cluster/gossip.ts';
-import type { ClusterRegistry, HostRecord } from '../cluster/registry.ts';
+import type { EventLog } from '../cluster/events.ts';
+import type { ClusterRegistry, HostRecord, Ownership } from '../cluster/registry.ts';
+import { committedManifest } from '../storage/snapshots.ts';
 import { decodeManifest, manifestSizes } from '../storage/manifest.ts';
 import type { SnapshotStore, VersionRecord } from '../storage/store.ts';
 import { mapBounded } from '../util/concurrency.ts';
-import { FailedPreconditionError, NotFoundError } from '../util/errors.ts';
+import { CodedError, FailedPreconditionError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
 
 /**
  * The public API's answers, from any agent for the whole cluster: hosts and ownership from the registry (read
@@ -22,12 +26,19 @@ import { FailedPreconditionError, NotFoundError } from '../util/errors.ts';
 export interface ClusterOperationsDeps {
   hostId: string;
   registry: Pick<ClusterRegistry, 'hosts' | 'allOwnership' | 'ownership'>;
-  store: Pick<SnapshotStore, 'versions' | 'latestCommitted'>;
+  store: Pick<SnapshotStore, 'versions' | 'latestCommitted' | 'replicas'>;
   gossip: Pick<GossipView, 'current'>;
   supervisor: Pick<HostSupervisor, 'checkpoint'>;
+  events: Pick<EventLog, 'record'>;
   /** The public API of another agent, for forwarding. */
   peer: (endpoint: string) => { checkpoint(container: string, forwardedBy: string): Promise<CheckpointResponse> };
+  /** The agents' own API of another agent (this one's included): hand-offs and restores. */
+  agent: (endpoint: string) => Pick<AgentClient, 'handOff' | 'restore'>;
 }
+
+/** A last checkpoint of a large container may take minutes; so may its restore. */
+const HANDOFF_TIMEOUT_MS = 10 * 60_000;
+const RESTORE_TIMEOUT_MS = 10 * 60_000;
 
 export class AgentClusterOperations implements ClusterOperations {
   constructor(private readonly deps: ClusterOperationsDeps) {}
@@ -88,6 +99,85 @@ export class AgentClusterOperations implements ClusterOperations {
     if (!host) throw new FailedPreconditionError(`${container}'s owner ${owner.owner} is not a registered host`);
     if (this.stateOf(host) !== 'UN') throw new FailedPreconditionError(`${container}'s owner ${owner.owner} is down (${this.stateOf(host)}): its restore elsewhere comes first`);
     return this.deps.peer(host.grpcEndpoint).checkpoint(container, hostId);
+  }
+
+  async migrate(container: string, targetHost: string): Promise<MoveResponse__Output> {
+    const started = performance.now();
+    const owner = await this.ownershipOf(container);
+    if (owner.state !== 'running') throw new FailedPreconditionError(`${container} is ${owner.state} on ${owner.owner}: only a running container can be migrated`);
+    if (owner.owner === targetHost) throw new InvalidArgumentError(`${container} already runs on ${targetHost}`);
+    const hosts = await this.deps.registry.hosts({ degraded: true });
+    const source = this.liveHost(hosts, owner.owner, `${container}'s owner`);
+    const target = this.liveHost(hosts, targetHost, 'the target host');
+    const handoff = await this.deps.agent(source.grpcEndpoint).handOff({ container, expectedEpoch: owner.epoch, checkpoint: true, requestedBy: this.deps.hostId }, HANDOFF_TIMEOUT_MS);
+    const moved = await this.restoreOn(target, container, handoff.version, owner.epoch, owner.owner, started, () =>
+      `${container} was checkpointed (version ${handoff.version}) and stopped on ${owner.owner}, but its restore on ${targetHost} failed`,
+    );
+    await this.deps.events.record({
+      kind: 'migration-done', host: this.deps.hostId, container, epoch: moved.epoch, version: moved.version, durationMs: moved.totalMs, outcome: 'ok',
+      detail: `${owner.owner} -> ${targetHost}, frozen ${Math.round(handoff.freezeMs)} ms`,
+    });
+    return { ...moved, freezeMs: handoff.freezeMs };
+  }
+
+  async restore(container: string, version: number | undefined, targetHost: string | undefined): Promise<MoveResponse__Output> {
+    const started = performance.now();
+    const owner = await this.ownershipOf(container);
+    if (owner.state === 'restoring') throw new FailedPreconditionError(`${container} is being restored on ${owner.owner} right now; ask again once it runs`);
+    // Checked before anything is stopped: a version that cannot be restored must not take the container down.
+    const manifest = await committedManifest(this.deps.store, container, version);
+    const hosts = await this.deps.registry.hosts({ degraded: true });
+    const ownerHost = hosts.find((h) => h.hostId === owner.owner);
+    const ownerUp = ownerHost !== undefined && this.stateOf(ownerHost) === 'UN';
+    const target = targetHost
+      ? this.liveHost(hosts, targetHost, 'the target host')
+      : ownerUp
+        ? ownerHost
+        : this.firstLiveReplica(hosts, container);
+    if (ownerUp && owner.state === 'running') {
+      await this.deps.agent(ownerHost.grpcEndpoint).handOff({ container, expectedEpoch: owner.epoch, checkpoint: false, requestedBy: this.deps.hostId }, HANDOFF_TIMEOUT_MS);
+    }
+    return this.restoreOn(target, container, manifest.version, owner.epoch, owner.owner, started, () =>
+      `${container} was stopped on ${owner.owner} for its restore from version ${manifest.version}, but that restore on ${target.hostId} failed`,
+    );
+  }
+
+  /**
+   * The target claims the container from `epoch` and restores `version`. A failure is reported with what became
+   * of the container: the coordinator restores a failed restore on the first live replica host, and a released
+   * container nobody claimed goes back to its owner.
+   */
+  private async restoreOn(target: HostRecord, container: string, version: number, epoch: number, fromHost: string, started: number, what: () => string): Promise<MoveResponse__Output> {
+    try {
+      const restored = await this.deps.agent(target.grpcEndpoint).restore({ container, version, expectedEpoch: epoch, fromHost, requestedBy: this.deps.hostId }, RESTORE_TIMEOUT_MS);
+      return { container, fromHost, toHost: restored.host, version: restored.version, epoch: restored.epoch, freezeMs: 0, totalMs: performance.now() - started };
+    } catch (err) {
+      const message = `${what()}: ${errorMessage(err)}. It is restored on its first live replica host by failover (or, if ${target.hostId} never claimed it, taken back by ${fromHost} within a minute)`;
+      await this.deps.events.record({ kind: 'migration-failed', host: this.deps.hostId, container, epoch, version, durationMs: performance.now() - started, outcome: 'failed', detail: message });
+      throw new CodedError(err instanceof LxcrError ? err.code : 'INTERNAL', message, { cause: err });
+    }
+  }
+
+  private async ownershipOf(container: string): Promise<Ownership> {
+    const owner = await this.deps.registry.ownership(container);
+    if (!owner) throw new NotFoundError(`${container} is not in the cluster registry: no host owns it`);
+    return owner;
+  }
+
+  private liveHost(hosts: readonly HostRecord[], hostId: string, role: string): HostRecord {
+    const host = hosts.find((h) => h.hostId === hostId);
+    if (!host) throw new NotFoundError(`${role} ${hostId} is not a host of this cluster (known: ${hosts.map((h) => h.hostId).join(', ')})`);
+    const state = this.stateOf(host);
+    if (state !== 'UN') throw new FailedPreconditionError(`${role} ${hostId} is down (${state} in ${this.deps.hostId}'s gossip view)`);
+    return host;
+  }
+
+  private firstLiveReplica(hosts: readonly HostRecord[], container: string): HostRecord {
+    for (const address of this.deps.store.replicas(container)) {
+      const host = hosts.find((h) => h.cassandraAddress === address);
+      if (host && this.stateOf(host) === 'UN') return host;
+    }
+    throw new FailedPreconditionError(`both replica hosts of ${container} are down: name a target host to restore it from a remote replica`);
   }
 
   private stateOf(host: HostRecord): string {

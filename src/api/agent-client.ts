@@ -3,6 +3,8 @@ import type { ServingStatus } from './health.ts';
 import type { AgentServiceClient } from './generated/lxcr/v1/AgentService.ts';
 import type { HealthClient } from './generated/grpc/health/v1/Health.ts';
 import type { HealthCheckResponse__Output } from './generated/grpc/health/v1/HealthCheckResponse.ts';
+import type { HandoffRequest } from './generated/lxcr/v1/HandoffRequest.ts';
+import type { HandoffResponse__Output } from './generated/lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse__Output } from './generated/lxcr/v1/RestoreResponse.ts';
 import { agentProto, healthProto } from './proto.ts';
@@ -23,6 +25,10 @@ export class AgentClient {
 
   restore(request: RestoreRequest, timeoutMs: number): Promise<RestoreResponse__Output> {
     return callUnary(`Restore of ${request.container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.agent.Restore(request, options, callback));
+  }
+
+  handOff(request: HandoffRequest, timeoutMs: number): Promise<HandoffResponse__Output> {
+    return callUnary(`Handoff of ${request.container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.agent.Handoff(request, options, callback));
   }
 
   async health(service = '', timeoutMs = 2000): Promise<ServingStatus> {

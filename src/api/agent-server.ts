@@ -3,6 +3,8 @@ import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { AgentServiceHandlers } from './generated/lxcr/v1/AgentService.ts';
+import type { HandoffRequest__Output } from './generated/lxcr/v1/HandoffRequest.ts';
+import type { HandoffResponse } from './generated/lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest__Output } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
 import { HealthService } from './health.ts';
@@ -10,9 +12,17 @@ import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, hea
 import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
 import { unaryHandler } from './unary.ts';
 
-/** What the agent does for a Restore call; the API layer only validates, calls and maps errors. */
+/** What the agent does for the calls of other agents; the API layer only validates, calls and maps errors. */
 export interface AgentOperations {
   restore(request: ValidRestoreRequest): Promise<RestoreResponse>;
+  handOff(request: ValidHandoffRequest): Promise<HandoffResponse>;
+}
+
+export interface ValidHandoffRequest {
+  container: string;
+  expectedEpoch: number;
+  checkpoint: boolean;
+  requestedBy: string;
 }
 
 export interface ValidRestoreRequest {
@@ -63,12 +73,26 @@ export function validateRestoreRequest(request: RestoreRequest__Output): ValidRe
   };
 }
 
+/** Checks a Handoff request's fields; every problem is named. */
+export function validateHandoffRequest(request: HandoffRequest__Output): ValidHandoffRequest {
+  const problems: string[] = [];
+  try {
+    validateContainerName(request.container);
+  } catch (err) {
+    problems.push(errorMessage(err));
+  }
+  if (!Number.isSafeInteger(request.expectedEpoch) || request.expectedEpoch < 1) problems.push(`expected_epoch must be a positive integer, got ${request.expectedEpoch}`);
+  if (problems.length > 0) throw new InvalidArgumentError(`invalid Handoff request: ${problems.join('; ')}`);
+  return { container: request.container, expectedEpoch: request.expectedEpoch, checkpoint: request.checkpoint, requestedBy: request.requestedBy };
+}
+
 export async function startAgentServer(options: AgentServerOptions): Promise<AgentServer> {
   const log = options.logger.child('grpc');
   const server = new grpc.Server();
   const health = new HealthService(options.cluster ? [AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME] : [AGENT_SERVICE_NAME]);
   const handlers: AgentServiceHandlers = {
     Restore: unaryHandler(log, 'Restore', (request) => ({ container: request.container }), (request) => options.operations.restore(validateRestoreRequest(request))),
+    Handoff: unaryHandler(log, 'Handoff', (request) => ({ container: request.container }), (request) => options.operations.handOff(validateHandoffRequest(request))),
   };
   server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
   if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, log));

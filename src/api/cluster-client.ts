@@ -4,6 +4,7 @@ import type { ClusterServiceClient } from './generated/lxcr/v1/ClusterService.ts
 import type { ListContainersResponse__Output } from './generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse__Output } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse__Output } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
+import type { MoveResponse__Output } from './generated/lxcr/v1/MoveResponse.ts';
 import { clusterProto } from './proto.ts';
 import { callUnary } from './unary.ts';
 
@@ -34,6 +35,16 @@ export class ClusterClient {
   /** A checkpoint waits for its upload: give it the time a large container needs (default 10 min). */
   checkpoint(container: string, forwardedBy = '', timeoutMs = 10 * 60_000): Promise<CheckpointResponse__Output> {
     return callUnary(`Checkpoint of ${container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Checkpoint({ container, forwardedBy }, options, callback));
+  }
+
+  /** A migration checkpoints, uploads and restores: give it the time a large container needs (default 20 min). */
+  migrate(container: string, targetHost: string, timeoutMs = 20 * 60_000): Promise<MoveResponse__Output> {
+    return callUnary(`Migrate of ${container} to ${targetHost} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Migrate({ container, targetHost }, options, callback));
+  }
+
+  /** `version` 0: the newest committed; `targetHost` '': the default host. */
+  restore(container: string, version = 0, targetHost = '', timeoutMs = 20 * 60_000): Promise<MoveResponse__Output> {
+    return callUnary(`Restore of ${container} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Restore({ container, version, targetHost }, options, callback));
   }
 
   close(): void {

@@ -1,3 +1,4 @@
+import { validateHostId } from '../cluster/registry.ts';
 import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
@@ -6,6 +7,7 @@ import type { ClusterServiceHandlers } from './generated/lxcr/v1/ClusterService.
 import type { ListContainersResponse } from './generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
+import type { MoveResponse } from './generated/lxcr/v1/MoveResponse.ts';
 import { unaryHandler } from './unary.ts';
 
 /** What the agent does for the public API's calls; this layer only validates, calls and maps errors. */
@@ -15,6 +17,20 @@ export interface ClusterOperations {
   listSnapshots(container: string): Promise<ListSnapshotsResponse>;
   /** `forwardedBy`: the host id of the agent that forwarded the request to this one, or '' from a client. */
   checkpoint(container: string, forwardedBy: string): Promise<CheckpointResponse>;
+  migrate(container: string, targetHost: string): Promise<MoveResponse>;
+  /** `version` undefined: the newest committed; `targetHost` undefined: the default host. */
+  restore(container: string, version: number | undefined, targetHost: string | undefined): Promise<MoveResponse>;
+}
+
+/** A request's host id, checked like the registry checks it. */
+function requireHostId(call: string, field: string, hostId: string): string {
+  if (!hostId) throw new InvalidArgumentError(`invalid ${call} request: ${field} is required`);
+  try {
+    validateHostId(hostId);
+  } catch (err) {
+    throw new InvalidArgumentError(`invalid ${call} request: ${field}: ${errorMessage(err)}`);
+  }
+  return hostId;
 }
 
 /** A request's container name, checked: an INVALID_ARGUMENT error names the call and what is wrong. */
@@ -31,6 +47,15 @@ export function clusterHandlers(operations: ClusterOperations, log: Logger): Clu
     ListHosts: unaryHandler(log, 'ListHosts', () => ({}), () => operations.listHosts()),
     ListContainers: unaryHandler(log, 'ListContainers', () => ({}), () => operations.listContainers()),
     ListSnapshots: unaryHandler(log, 'ListSnapshots', (request) => ({ container: request.container }), (request) => operations.listSnapshots(requireContainerName('ListSnapshots', request.container))),
+    Migrate: unaryHandler(log, 'Migrate', (request) => ({ container: request.container, targetHost: request.targetHost }), (request) =>
+      operations.migrate(requireContainerName('Migrate', request.container), requireHostId('Migrate', 'target_host', request.targetHost)),
+    ),
+    Restore: unaryHandler(log, 'Restore', (request) => ({ container: request.container, version: request.version, targetHost: request.targetHost }), (request) => {
+      const container = requireContainerName('Restore', request.container);
+      if (!Number.isSafeInteger(request.version) || request.version < 0) throw new InvalidArgumentError(`invalid Restore request: version must be a non-negative integer, got ${request.version}`);
+      const target = request.targetHost ? requireHostId('Restore', 'target_host', request.targetHost) : undefined;
+      return operations.restore(container, request.version || undefined, target);
+    }),
     Checkpoint: unaryHandler(log, 'Checkpoint', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request) =>
       operations.checkpoint(requireContainerName('Checkpoint', request.container), request.forwardedBy),
     ),

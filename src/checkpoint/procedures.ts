@@ -77,6 +77,11 @@ export async function discardStaged(staged: StagedSnapshot): Promise<void> {
   await rm(staged.dir, { recursive: true, force: true });
 }
 
+/** Starts the container again on this host from a staged dump's images (a stopping dump that was not committed). */
+export async function restartFromStaged(runtime: ContainerRuntime, staged: StagedSnapshot): Promise<void> {
+  await runtime.restore(staged.container, join(staged.dir, IMAGES));
+}
+
 export interface ReplicateOptions {
   store: SnapshotStore;
   policy: CompressionPolicy;

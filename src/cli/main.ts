@@ -1,11 +1,11 @@
 import { InvalidArgumentError, LxcrError, errorMessage } from '../util/errors.ts';
 import { ExitCode, helpText, type Command } from './command.ts';
 import { agentCommand } from './commands/agent.ts';
-import { checkpointCommand, containersCommand, snapshotsCommand, statusCommand } from './commands/cluster.ts';
+import { checkpointCommand, containersCommand, migrateCommand, restoreCommand, snapshotsCommand, statusCommand } from './commands/cluster.ts';
 import { demoCommand } from './commands/demo.ts';
 import { testbedCommand } from './commands/testbed.ts';
 
-const COMMANDS: readonly Command[] = [agentCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, demoCommand, testbedCommand];
+const COMMANDS: readonly Command[] = [agentCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, migrateCommand, restoreCommand, demoCommand, testbedCommand];
 
 function overview(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);

@@ -22,7 +22,10 @@ export type EventKind =
   | 'restore-failed'
   | 'replicas-not-found'
   | 'container-adopted'
-  | 'stale-copy-destroyed';
+  | 'stale-copy-destroyed'
+  | 'handed-off'
+  | 'migration-done'
+  | 'migration-failed';
 
 export interface ClusterEvent {
   kind: EventKind;

@@ -37,9 +37,10 @@ export interface HostRecord {
 /**
  * running: the owner runs it and checkpoints it. restoring: a claim moved it to a new owner that is restoring
  * it. restore-failed: that restore failed (the next candidate host is tried). replicas-not-found: its owner is down and so are both replica hosts of its snapshots; it is restored
- * when one of them returns.
+ * when one of them returns. released: its owner stopped it for a migration or a restore elsewhere; the next owner
+ * claims it from this epoch (or the owner takes it back if nobody does in time).
  */
-export type OwnershipState = 'running' | 'restoring' | 'restore-failed' | 'replicas-not-found';
+export type OwnershipState = 'running' | 'restoring' | 'restore-failed' | 'replicas-not-found' | 'released';
 
 export interface Ownership {
   container: string;

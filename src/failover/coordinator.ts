@@ -51,6 +51,8 @@ export interface CoordinatorDeps {
   followerDelayMs?: number;
   /** How long after a failed restore the container is tried again. Default 10 s. */
   retryMs?: number;
+  /** How long a container may stay released (handed off, unclaimed) before it is restored elsewhere. Default 60 s. */
+  releasedTimeoutMs?: number;
 }
 
 export interface FailoverOutcome {
@@ -123,7 +125,7 @@ export class FailoverCoordinator {
 
     const now = Date.now();
     const orphans = (await this.deps.registry.allOwnership({ degraded: true })).filter(
-      (o) => down.has(o.owner) || (o.state === 'restore-failed' && this.retryDue(o, now)) || this.stuckRestoring(o, now),
+      (o) => down.has(o.owner) || (o.state === 'restore-failed' && this.retryDue(o, now)) || this.stuckRestoring(o, now) || this.stuckReleased(o, now),
     );
     for (const container of this.firstSeen.keys()) if (!orphans.some((o) => o.container === container)) this.firstSeen.delete(container);
     for (const o of orphans) if (!this.firstSeen.has(o.container)) this.firstSeen.set(o.container, now);
@@ -136,6 +138,14 @@ export class FailoverCoordinator {
   /** A failed restore is tried again after `retryMs` since its last change, so a lasting fault is not hammered. */
   private retryDue(o: Ownership, now: number): boolean {
     return now - o.updatedAt.getTime() >= (this.deps.retryMs ?? 10_000);
+  }
+
+  /**
+   * A container released for a migration that neither its target claimed nor its owner took back (its agent
+   * restarted in between, forgetting the hand-off): after a minute it is restored like a failed host's.
+   */
+  private stuckReleased(o: Ownership, now: number): boolean {
+    return o.state === 'released' && now - o.updatedAt.getTime() > (this.deps.releasedTimeoutMs ?? 60_000);
   }
 
   /** A restore claimed by a live host that has not finished in twice the restore timeout: its agent gave up or died. */

@@ -48,6 +48,12 @@ export class RegistryOwnershipGuard implements OwnershipGuard {
     }
   }
 
+  async reclaimReleased(container: string): Promise<boolean> {
+    const current = await this.registry.ownership(container);
+    if (current?.owner !== this.hostId || current.state !== 'released') return false;
+    return this.registry.setState(container, this.hostId, current.epoch, 'running');
+  }
+
   async destroyedStale(container: string): Promise<void> {
     const current = await this.registry.ownership(container);
     await this.events.record({

@@ -1,4 +1,4 @@
-import type { AgentOperations, ValidRestoreRequest } from '../api/agent-server.ts';
+import type { ValidRestoreRequest } from '../api/agent-server.ts';
 import type { RestoreResponse } from '../api/generated/lxcr/v1/RestoreResponse.ts';
 import { restoreFromStore } from '../checkpoint/procedures.ts';
 import { committedManifest } from '../storage/snapshots.ts';
@@ -33,7 +33,7 @@ export interface RestoreServiceDeps {
   onRestored?: (container: string) => void;
 }
 
-export class RestoreService implements AgentOperations {
+export class RestoreService {
   /** Restores in progress on this host, by container: a second request for the same one waits for the first. */
   private readonly inProgress = new Map<string, Promise<RestoreResponse>>();
 

@@ -322,7 +322,7 @@ export interface DownloadResult {
 }
 
 /** The committed manifest of a version (default: the newest), or a NotFound / FailedPrecondition error saying why not. */
-export async function committedManifest(store: SnapshotStore, container: string, version?: number): Promise<VersionManifest> {
+export async function committedManifest(store: Pick<SnapshotStore, 'latestCommitted' | 'versions'>, container: string, version?: number): Promise<VersionManifest> {
   const record =
     version === undefined
       ? await store.latestCommitted(container)

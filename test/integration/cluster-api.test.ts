@@ -9,9 +9,12 @@ import type { ListSnapshotsResponse__Output } from '../../src/api/generated/lxcr
 import { CLUSTER_SERVICE_NAME, clusterProto } from '../../src/api/proto.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { EventLog } from '../../src/cluster/events.ts';
+import type { CodedError } from '../../src/util/errors.ts';
+import { createLogger } from '../../src/util/log.ts';
 import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
-import { runCounterContainer, runtimeFor } from '../../testcontainers/lxc.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
+import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../support/until.ts';
 
 /**
@@ -28,10 +31,12 @@ let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 const agents: TestbedAgent[] = [];
 let api: ClusterClient;
+let registry: ClusterRegistry;
 
 beforeAll(async () => {
   ({ client, store } = await connectStore(testbed, SNAPSHOTS));
-  await new ClusterRegistry({ client, keyspace: META }).ensureSchema();
+  registry = new ClusterRegistry({ client, keyspace: META });
+  await registry.ensureSchema();
   await testbed.ring.waitSchemaAgreement();
   await runCounterContainer(testbed.host(1), CONTAINER);
   // No schedule: checkpoints happen only when asked.
@@ -44,7 +49,7 @@ beforeAll(async () => {
 afterAll(async () => {
   api?.close();
   for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
-  await removeContainer(runtimeFor(testbed.host(1)), CONTAINER);
+  for (let i = 1; i <= testbed.hosts.length; i++) await removeContainer(runtimeFor(testbed.host(i)), CONTAINER);
   await client?.shutdown();
 }, 120_000);
 
@@ -104,6 +109,47 @@ describe('the public API, answered by any agent for the whole cluster', () => {
   });
 });
 
+describe('migrations and restores asked for through the public API', () => {
+  it('migrates a running container to another host exactly once, its counter going on from the last checkpoint', async () => {
+    const before = await readCounter(testbed.host(1), CONTAINER);
+    const moved = await api.migrate(CONTAINER, 'host3'); // asked of host 2's agent: host 1 hands off, host 3 restores
+    expect(moved).toMatchObject({ container: CONTAINER, fromHost: 'host1', toHost: 'host3', epoch: 2 });
+    expect(moved.freezeMs).toBeGreaterThan(0);
+    expect((await store.latestCommitted(CONTAINER))?.version).toBe(moved.version); // the last checkpoint, taken by host 1
+    expect(await runningCopiesOf(testbed, CONTAINER)).toEqual([3]);
+    expect(await waitForCounterAbove(testbed.host(3), CONTAINER, before - 1)).toBeGreaterThanOrEqual(before);
+    // Host 1's stopped copy goes once its agent sees the new owner; host 3's agent checkpoints it from now on.
+    await until('host1\'s stopped copy destroyed', async () => (!(await runtimeFor(testbed.host(1)).exists(CONTAINER)) || undefined), 60_000, 500);
+    const checkpoint = await api.checkpoint(CONTAINER);
+    expect(checkpoint.host).toBe('host3');
+    const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(Date.now() - 5 * 60_000), new Date());
+    expect(events.find((e) => e.kind === 'handed-off' && e.container === CONTAINER)).toMatchObject({ host: 'host1', epoch: 1, version: moved.version });
+    expect(events.find((e) => e.kind === 'migration-done' && e.container === CONTAINER)).toMatchObject({ host: 'host2', epoch: 2, outcome: 'ok' });
+  });
+
+  it('restores an older version in place: the running copy is stopped first, one copy runs', async () => {
+    const committed = (await api.listSnapshots(CONTAINER)).snapshots.filter((s) => s.state === 'committed');
+    expect(committed.length).toBeGreaterThanOrEqual(2);
+    const older = committed.at(-1)!.version;
+    const restored = await api.restore(CONTAINER, older);
+    expect(restored).toMatchObject({ fromHost: 'host3', toHost: 'host3', version: older, epoch: 3 });
+    expect(await runningCopiesOf(testbed, CONTAINER)).toEqual([3]);
+    expect((await registry.ownership(CONTAINER))).toMatchObject({ owner: 'host3', epoch: 3, state: 'running' });
+  });
+
+  it('refuses what it cannot do before stopping anything, with the status code and the reason', async () => {
+    const codeOf = (promise: Promise<unknown>) => promise.then(() => 'OK', (err: unknown) => `${(err as CodedError).code}: ${(err as Error).message}`);
+    expect(await codeOf(api.migrate(CONTAINER, 'host9'))).toMatch(/^NOT_FOUND: .*the target host host9 is not a host of this cluster/);
+    expect(await codeOf(api.migrate(CONTAINER, 'host3'))).toMatch(/^INVALID_ARGUMENT: .*api-a already runs on host3/);
+    expect(await codeOf(api.migrate(CONTAINER, ''))).toMatch(/^INVALID_ARGUMENT: .*target_host is required/);
+    expect(await codeOf(api.restore(CONTAINER, 999))).toMatch(/^NOT_FOUND: .*api-a has no version 999/);
+    expect(await codeOf(api.restore('no-such-container'))).toMatch(/^NOT_FOUND: .*no host owns it/);
+    // Still running where it was, untouched.
+    expect(await runningCopiesOf(testbed, CONTAINER)).toEqual([3]);
+    expect((await registry.ownership(CONTAINER))?.epoch).toBe(3);
+  });
+});
+
 describe('lxcr status, containers, snapshots and checkpoint', () => {
   const agent = () => ['--agent', agents[0]!.grpcEndpoint, '--insecure'];
 
@@ -115,13 +161,16 @@ describe('lxcr status, containers, snapshots and checkpoint', () => {
     const containers = lxcr('containers', ...agent(), '--json');
     expect(containers.status).toBe(0);
     const listed = JSON.parse(containers.stdout) as { containers: Array<{ name: string; host: string }> };
-    expect(listed.containers.find((c) => c.name === CONTAINER)?.host).toBe('host1');
+    expect(listed.containers.find((c) => c.name === CONTAINER)?.host).toBe('host3');
     const checkpoint = lxcr('checkpoint', CONTAINER, ...agent());
     expect(checkpoint.status).toBe(0);
-    expect(checkpoint.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host1`));
+    expect(checkpoint.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host3`));
     const snapshots = lxcr('snapshots', CONTAINER, ...agent());
     expect(snapshots.stdout.split('\n')[0]).toMatch(/^VERSION\s+STATE\s+FROM/);
-    expect(snapshots.stdout).toMatch(/committed\s+host1/);
+    expect(snapshots.stdout).toMatch(/committed\s+host3/);
+    const migrated = lxcr('migrate', CONTAINER, '--to', 'host1', ...agent());
+    expect(migrated.status).toBe(0);
+    expect(migrated.stdout).toMatch(new RegExp(`^${CONTAINER}: migrated from host3 to host1, version \\d+, epoch 4`));
   });
 
   it('exit 5 when the cluster refuses, 6 when no agent answers, 2 for bad arguments — each with its reason', () => {
@@ -135,5 +184,9 @@ describe('lxcr status, containers, snapshots and checkpoint', () => {
     expect(noTls.status).toBe(2);
     expect(noTls.stderr).toMatch(/--insecure/);
     expect(lxcr('snapshots', ...agent()).status).toBe(2);
+    expect(lxcr('migrate', CONTAINER, ...agent()).stderr).toMatch(/--to HOST is required/);
+    const badVersion = lxcr('restore', CONTAINER, '--version', '999', ...agent());
+    expect(badVersion.status).toBe(5);
+    expect(badVersion.stderr).toMatch(/has no version 999/);
   });
 });

@@ -10,7 +10,7 @@ import { createLogger } from '../../src/util/log.ts';
 import { agentPidFile, freezeHost, killHost, runningAgentPid, standbyDir, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
 import type { SimulatedHost } from '../../testcontainers/testbed.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../support/until.ts';
 
 /**
@@ -33,15 +33,7 @@ let store: CassandraSnapshotStore;
 let registry: ClusterRegistry;
 const agentOptions = { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, everySeconds: 3 };
 
-/** Where each container runs now, over all hosts of the testbed. */
-async function runningCopies(container: string): Promise<number[]> {
-  const hosts: number[] = [];
-  for (let i = 1; i <= testbed.hosts.length; i++) {
-    const runtime = runtimeFor(testbed.host(i));
-    if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
-  }
-  return hosts;
-}
+const runningCopies = (container: string) => runningCopiesOf(testbed, container);
 
 /**
  * Waits until `host`'s agent owns the container and has committed a checkpoint taken after the counter was read;

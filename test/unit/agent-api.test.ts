@@ -26,6 +26,7 @@ beforeAll(async () => {
         if (request.container === 'rotten') return Promise.reject(new IntegrityError('no good copy of chunk ab12'));
         return Promise.resolve({ container: request.container, host: 'host2', epoch: request.expectedEpoch + 1, version: request.version ?? 7, restoreMs: 12.5, alreadyRestored: false });
       },
+      handOff: (request) => Promise.resolve({ container: request.container, version: request.checkpoint ? 9 : 0, epoch: request.expectedEpoch, freezeMs: 0 }),
     },
   });
   client = new AgentClient(server.endpoint, grpc.credentials.createInsecure());

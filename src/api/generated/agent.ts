@@ -3,6 +3,8 @@ import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 
 import type { AgentServiceClient as _lxcr_v1_AgentServiceClient, AgentServiceDefinition as _lxcr_v1_AgentServiceDefinition } from './lxcr/v1/AgentService.ts';
+import type { HandoffRequest as _lxcr_v1_HandoffRequest, HandoffRequest__Output as _lxcr_v1_HandoffRequest__Output } from './lxcr/v1/HandoffRequest.ts';
+import type { HandoffResponse as _lxcr_v1_HandoffResponse, HandoffResponse__Output as _lxcr_v1_HandoffResponse__Output } from './lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest as _lxcr_v1_RestoreRequest, RestoreRequest__Output as _lxcr_v1_RestoreRequest__Output } from './lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse as _lxcr_v1_RestoreResponse, RestoreResponse__Output as _lxcr_v1_RestoreResponse__Output } from './lxcr/v1/RestoreResponse.ts';
 
@@ -14,6 +16,8 @@ export interface ProtoGrpcType {
   lxcr: {
     v1: {
       AgentService: SubtypeConstructor<typeof grpc.Client, _lxcr_v1_AgentServiceClient> & { service: _lxcr_v1_AgentServiceDefinition }
+      HandoffRequest: MessageTypeDefinition<_lxcr_v1_HandoffRequest, _lxcr_v1_HandoffRequest__Output>
+      HandoffResponse: MessageTypeDefinition<_lxcr_v1_HandoffResponse, _lxcr_v1_HandoffResponse__Output>
       RestoreRequest: MessageTypeDefinition<_lxcr_v1_RestoreRequest, _lxcr_v1_RestoreRequest__Output>
       RestoreResponse: MessageTypeDefinition<_lxcr_v1_RestoreResponse, _lxcr_v1_RestoreResponse__Output>
     }

@@ -13,6 +13,9 @@ import type { ListHostsRequest as _lxcr_v1_ListHostsRequest, ListHostsRequest__O
 import type { ListHostsResponse as _lxcr_v1_ListHostsResponse, ListHostsResponse__Output as _lxcr_v1_ListHostsResponse__Output } from './lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsRequest as _lxcr_v1_ListSnapshotsRequest, ListSnapshotsRequest__Output as _lxcr_v1_ListSnapshotsRequest__Output } from './lxcr/v1/ListSnapshotsRequest.ts';
 import type { ListSnapshotsResponse as _lxcr_v1_ListSnapshotsResponse, ListSnapshotsResponse__Output as _lxcr_v1_ListSnapshotsResponse__Output } from './lxcr/v1/ListSnapshotsResponse.ts';
+import type { MigrateRequest as _lxcr_v1_MigrateRequest, MigrateRequest__Output as _lxcr_v1_MigrateRequest__Output } from './lxcr/v1/MigrateRequest.ts';
+import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lxcr_v1_MoveResponse__Output } from './lxcr/v1/MoveResponse.ts';
+import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from './lxcr/v1/PublicRestoreRequest.ts';
 import type { Snapshot as _lxcr_v1_Snapshot, Snapshot__Output as _lxcr_v1_Snapshot__Output } from './lxcr/v1/Snapshot.ts';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
@@ -33,6 +36,9 @@ export interface ProtoGrpcType {
       ListHostsResponse: MessageTypeDefinition<_lxcr_v1_ListHostsResponse, _lxcr_v1_ListHostsResponse__Output>
       ListSnapshotsRequest: MessageTypeDefinition<_lxcr_v1_ListSnapshotsRequest, _lxcr_v1_ListSnapshotsRequest__Output>
       ListSnapshotsResponse: MessageTypeDefinition<_lxcr_v1_ListSnapshotsResponse, _lxcr_v1_ListSnapshotsResponse__Output>
+      MigrateRequest: MessageTypeDefinition<_lxcr_v1_MigrateRequest, _lxcr_v1_MigrateRequest__Output>
+      MoveResponse: MessageTypeDefinition<_lxcr_v1_MoveResponse, _lxcr_v1_MoveResponse__Output>
+      PublicRestoreRequest: MessageTypeDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_PublicRestoreRequest__Output>
       Snapshot: MessageTypeDefinition<_lxcr_v1_Snapshot, _lxcr_v1_Snapshot__Output>
     }
   }

@@ -1,7 +1,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { ClusterClient } from '../../api/cluster-client.ts';
+import type { MoveResponse__Output } from '../../api/generated/lxcr/v1/MoveResponse.ts';
 import { InvalidArgumentError } from '../../util/errors.ts';
-import { parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { formatAge, formatBytes, formatTable } from '../table.ts';
 
@@ -120,6 +121,53 @@ export const checkpointCommand: Command = {
       `${r.container}: version ${r.version} committed by ${r.host} — frozen ${Math.round(r.freezeMs)} ms, ${Math.round(r.totalMs)} ms in all; ` +
       `${formatBytes(r.logicalBytes)} snapshot, ${formatBytes(r.uploadedBytes)} uploaded`,
     );
+    return ExitCode.OK;
+  },
+};
+
+const MOVE_FLAGS = {
+  ...CLIENT_FLAGS,
+  to: { value: true, description: 'the host id to run it on' },
+} as const;
+
+function printMove(args: ParsedArgs, r: MoveResponse__Output, verb: string): void {
+  print(args, r, () =>
+    `${r.container}: ${verb} from ${r.fromHost} to ${r.toHost}, version ${r.version}, epoch ${r.epoch} — ` +
+    `${r.freezeMs ? `frozen ${Math.round(r.freezeMs)} ms, ` : ''}${Math.round(r.totalMs)} ms in all`,
+  );
+}
+
+export const migrateCommand: Command = {
+  name: 'migrate',
+  summary: 'move a running container to another host, exactly once (last checkpoint, restore there, old copy destroyed)',
+  usage: 'CONTAINER --to HOST [--agent HOST:PORT] --insecure [--json]',
+  flags: MOVE_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, MOVE_FLAGS);
+    const container = onePositional(args, 'container name');
+    const to = stringFlag(args, 'to', '');
+    if (!to) throw new InvalidArgumentError('--to HOST is required: the host id to move the container to');
+    printMove(args, await withClient(args, (c) => c.migrate(container, to)), 'migrated');
+    return ExitCode.OK;
+  },
+};
+
+const RESTORE_FLAGS = {
+  ...MOVE_FLAGS,
+  to: { value: true, description: 'the host id to restore it on (default: its owner if up, else its first live replica host)' },
+  version: { value: true, description: 'a committed version (default: the newest)' },
+} as const;
+
+export const restoreCommand: Command = {
+  name: 'restore',
+  summary: 'restore a container from a committed version (a running copy is stopped first)',
+  usage: 'CONTAINER [--version N] [--to HOST] [--agent HOST:PORT] --insecure [--json]',
+  flags: RESTORE_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, RESTORE_FLAGS);
+    const container = onePositional(args, 'container name');
+    const version = intFlag(args, 'version', 0, 1, Number.MAX_SAFE_INTEGER);
+    printMove(args, await withClient(args, (c) => c.restore(container, version, stringFlag(args, 'to', ''))), 'restored');
     return ExitCode.OK;
   },
 };

@@ -3,10 +3,39 @@
 
 import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
+import type { HandoffRequest as _lxcr_v1_HandoffRequest, HandoffRequest__Output as _lxcr_v1_HandoffRequest__Output } from '../../lxcr/v1/HandoffRequest.ts';
+import type { HandoffResponse as _lxcr_v1_HandoffResponse, HandoffResponse__Output as _lxcr_v1_HandoffResponse__Output } from '../../lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest as _lxcr_v1_RestoreRequest, RestoreRequest__Output as _lxcr_v1_RestoreRequest__Output } from '../../lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse as _lxcr_v1_RestoreResponse, RestoreResponse__Output as _lxcr_v1_RestoreResponse__Output } from '../../lxcr/v1/RestoreResponse.ts';
 
 export interface AgentServiceClient extends grpc.Client {
+  /**
+   * Asked of a container's owner before its container moves elsewhere (a migration, or a restore the user
+   * asked for): with checkpoint set, a last checkpoint that stops the container once dumped (committed before
+   * this returns); without, the container is stopped. Either way this host stops running and checkpointing it,
+   * and marks it "released" at its current epoch: the next owner claims it from there. A released container
+   * nobody claims within 30 s is taken back and restored here.
+   * Errors: NOT_FOUND (not supervised here), ABORTED (not owned here at expected_epoch, or not running),
+   * INTERNAL (the checkpoint failed: the container runs on here, unchanged).
+   */
+  Handoff(argument: _lxcr_v1_HandoffRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  Handoff(argument: _lxcr_v1_HandoffRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  Handoff(argument: _lxcr_v1_HandoffRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  Handoff(argument: _lxcr_v1_HandoffRequest, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Asked of a container's owner before its container moves elsewhere (a migration, or a restore the user
+   * asked for): with checkpoint set, a last checkpoint that stops the container once dumped (committed before
+   * this returns); without, the container is stopped. Either way this host stops running and checkpointing it,
+   * and marks it "released" at its current epoch: the next owner claims it from there. A released container
+   * nobody claims within 30 s is taken back and restored here.
+   * Errors: NOT_FOUND (not supervised here), ABORTED (not owned here at expected_epoch, or not running),
+   * INTERNAL (the checkpoint failed: the container runs on here, unchanged).
+   */
+  handoff(argument: _lxcr_v1_HandoffRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  handoff(argument: _lxcr_v1_HandoffRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  handoff(argument: _lxcr_v1_HandoffRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  handoff(argument: _lxcr_v1_HandoffRequest, callback: grpc.requestCallback<_lxcr_v1_HandoffResponse__Output>): grpc.ClientUnaryCall;
+  
   /**
    * Restores a container on this agent's host from its snapshots in Cassandra, after claiming it.
    * Errors: INVALID_ARGUMENT (malformed request), NOT_FOUND (no such container, or no such committed version),
@@ -38,6 +67,17 @@ export interface AgentServiceClient extends grpc.Client {
 
 export interface AgentServiceHandlers extends grpc.UntypedServiceImplementation {
   /**
+   * Asked of a container's owner before its container moves elsewhere (a migration, or a restore the user
+   * asked for): with checkpoint set, a last checkpoint that stops the container once dumped (committed before
+   * this returns); without, the container is stopped. Either way this host stops running and checkpointing it,
+   * and marks it "released" at its current epoch: the next owner claims it from there. A released container
+   * nobody claims within 30 s is taken back and restored here.
+   * Errors: NOT_FOUND (not supervised here), ABORTED (not owned here at expected_epoch, or not running),
+   * INTERNAL (the checkpoint failed: the container runs on here, unchanged).
+   */
+  Handoff: grpc.handleUnaryCall<_lxcr_v1_HandoffRequest__Output, _lxcr_v1_HandoffResponse>;
+  
+  /**
    * Restores a container on this agent's host from its snapshots in Cassandra, after claiming it.
    * Errors: INVALID_ARGUMENT (malformed request), NOT_FOUND (no such container, or no such committed version),
    * FAILED_PRECONDITION (the version never committed), ABORTED (the ownership epoch is no longer the one the
@@ -51,5 +91,6 @@ export interface AgentServiceHandlers extends grpc.UntypedServiceImplementation 
 }
 
 export interface AgentServiceDefinition extends grpc.ServiceDefinition {
+  Handoff: MethodDefinition<_lxcr_v1_HandoffRequest, _lxcr_v1_HandoffResponse, _lxcr_v1_HandoffRequest__Output, _lxcr_v1_HandoffResponse__Output>
   Restore: MethodDefinition<_lxcr_v1_RestoreRequest, _lxcr_v1_RestoreResponse, _lxcr_v1_RestoreRequest__Output, _lxcr_v1_RestoreResponse__Output>
 }

@@ -11,6 +11,9 @@ import type { ListHostsRequest as _lxcr_v1_ListHostsRequest, ListHostsRequest__O
 import type { ListHostsResponse as _lxcr_v1_ListHostsResponse, ListHostsResponse__Output as _lxcr_v1_ListHostsResponse__Output } from '../../lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsRequest as _lxcr_v1_ListSnapshotsRequest, ListSnapshotsRequest__Output as _lxcr_v1_ListSnapshotsRequest__Output } from '../../lxcr/v1/ListSnapshotsRequest.ts';
 import type { ListSnapshotsResponse as _lxcr_v1_ListSnapshotsResponse, ListSnapshotsResponse__Output as _lxcr_v1_ListSnapshotsResponse__Output } from '../../lxcr/v1/ListSnapshotsResponse.ts';
+import type { MigrateRequest as _lxcr_v1_MigrateRequest, MigrateRequest__Output as _lxcr_v1_MigrateRequest__Output } from '../../lxcr/v1/MigrateRequest.ts';
+import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lxcr_v1_MoveResponse__Output } from '../../lxcr/v1/MoveResponse.ts';
+import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from '../../lxcr/v1/PublicRestoreRequest.ts';
 
 export interface ClusterServiceClient extends grpc.Client {
   /**
@@ -83,6 +86,54 @@ export interface ClusterServiceClient extends grpc.Client {
   listSnapshots(argument: _lxcr_v1_ListSnapshotsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_ListSnapshotsResponse__Output>): grpc.ClientUnaryCall;
   listSnapshots(argument: _lxcr_v1_ListSnapshotsRequest, callback: grpc.requestCallback<_lxcr_v1_ListSnapshotsResponse__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * Moves a running container to another host, exactly once: a last checkpoint stops it on its owner once
+   * dumped, the target claims it (ownership epoch + 1) and restores that version, and the old copy is destroyed.
+   * It never runs on both hosts. If the target's restore fails, the container is restored by failover on its
+   * first live replica host (or taken back by its owner when the target never claimed it).
+   * Errors: INVALID_ARGUMENT (malformed name, no target, target is the owner), NOT_FOUND (no such container or
+   * host), FAILED_PRECONDITION (the container is not running, or its owner or the target is down), ABORTED
+   * (another request moved it first), INTERNAL (the checkpoint or the restore failed; see above).
+   */
+  Migrate(argument: _lxcr_v1_MigrateRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Migrate(argument: _lxcr_v1_MigrateRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Migrate(argument: _lxcr_v1_MigrateRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Migrate(argument: _lxcr_v1_MigrateRequest, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Moves a running container to another host, exactly once: a last checkpoint stops it on its owner once
+   * dumped, the target claims it (ownership epoch + 1) and restores that version, and the old copy is destroyed.
+   * It never runs on both hosts. If the target's restore fails, the container is restored by failover on its
+   * first live replica host (or taken back by its owner when the target never claimed it).
+   * Errors: INVALID_ARGUMENT (malformed name, no target, target is the owner), NOT_FOUND (no such container or
+   * host), FAILED_PRECONDITION (the container is not running, or its owner or the target is down), ABORTED
+   * (another request moved it first), INTERNAL (the checkpoint or the restore failed; see above).
+   */
+  migrate(argument: _lxcr_v1_MigrateRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  migrate(argument: _lxcr_v1_MigrateRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  migrate(argument: _lxcr_v1_MigrateRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  migrate(argument: _lxcr_v1_MigrateRequest, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * Restores a container from one of its committed versions (default: the newest), on a chosen host (default:
+   * its owner when that is up, else its first live replica host). A running copy is stopped first: it never
+   * runs twice. Errors: as Migrate, and NOT_FOUND / FAILED_PRECONDITION for a version that does not exist or
+   * never committed (checked before anything is stopped).
+   */
+  Restore(argument: _lxcr_v1_PublicRestoreRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Restore(argument: _lxcr_v1_PublicRestoreRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Restore(argument: _lxcr_v1_PublicRestoreRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  Restore(argument: _lxcr_v1_PublicRestoreRequest, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * Restores a container from one of its committed versions (default: the newest), on a chosen host (default:
+   * its owner when that is up, else its first live replica host). A running copy is stopped first: it never
+   * runs twice. Errors: as Migrate, and NOT_FOUND / FAILED_PRECONDITION for a version that does not exist or
+   * never committed (checked before anything is stopped).
+   */
+  restore(argument: _lxcr_v1_PublicRestoreRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  restore(argument: _lxcr_v1_PublicRestoreRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  restore(argument: _lxcr_v1_PublicRestoreRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  restore(argument: _lxcr_v1_PublicRestoreRequest, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
+  
 }
 
 export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementation {
@@ -111,6 +162,25 @@ export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementatio
    */
   ListSnapshots: grpc.handleUnaryCall<_lxcr_v1_ListSnapshotsRequest__Output, _lxcr_v1_ListSnapshotsResponse>;
   
+  /**
+   * Moves a running container to another host, exactly once: a last checkpoint stops it on its owner once
+   * dumped, the target claims it (ownership epoch + 1) and restores that version, and the old copy is destroyed.
+   * It never runs on both hosts. If the target's restore fails, the container is restored by failover on its
+   * first live replica host (or taken back by its owner when the target never claimed it).
+   * Errors: INVALID_ARGUMENT (malformed name, no target, target is the owner), NOT_FOUND (no such container or
+   * host), FAILED_PRECONDITION (the container is not running, or its owner or the target is down), ABORTED
+   * (another request moved it first), INTERNAL (the checkpoint or the restore failed; see above).
+   */
+  Migrate: grpc.handleUnaryCall<_lxcr_v1_MigrateRequest__Output, _lxcr_v1_MoveResponse>;
+  
+  /**
+   * Restores a container from one of its committed versions (default: the newest), on a chosen host (default:
+   * its owner when that is up, else its first live replica host). A running copy is stopped first: it never
+   * runs twice. Errors: as Migrate, and NOT_FOUND / FAILED_PRECONDITION for a version that does not exist or
+   * never committed (checked before anything is stopped).
+   */
+  Restore: grpc.handleUnaryCall<_lxcr_v1_PublicRestoreRequest__Output, _lxcr_v1_MoveResponse>;
+  
 }
 
 export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
@@ -118,4 +188,6 @@ export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
   ListContainers: MethodDefinition<_lxcr_v1_ListContainersRequest, _lxcr_v1_ListContainersResponse, _lxcr_v1_ListContainersRequest__Output, _lxcr_v1_ListContainersResponse__Output>
   ListHosts: MethodDefinition<_lxcr_v1_ListHostsRequest, _lxcr_v1_ListHostsResponse, _lxcr_v1_ListHostsRequest__Output, _lxcr_v1_ListHostsResponse__Output>
   ListSnapshots: MethodDefinition<_lxcr_v1_ListSnapshotsRequest, _lxcr_v1_ListSnapshotsResponse, _lxcr_v1_ListSnapshotsRequest__Output, _lxcr_v1_ListSnapshotsResponse__Output>
+  Migrate: MethodDefinition<_lxcr_v1_MigrateRequest, _lxcr_v1_MoveResponse, _lxcr_v1_MigrateRequest__Output, _lxcr_v1_MoveResponse__Output>
+  Restore: MethodDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_MoveResponse, _lxcr_v1_PublicRestoreRequest__Output, _lxcr_v1_MoveResponse__Output>
 }
