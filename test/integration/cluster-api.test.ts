@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type cassandra from 'cassandra-driver';
@@ -10,9 +11,9 @@ import { CLUSTER_SERVICE_NAME, clusterProto } from '../../src/api/proto.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { EventLog } from '../../src/cluster/events.ts';
-import type { CodedError } from '../../src/util/errors.ts';
+import { errorMessage, type CodedError } from '../../src/util/errors.ts';
 import { createLogger } from '../../src/util/log.ts';
-import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
+import { agentPidFile, startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../support/until.ts';
@@ -190,3 +191,57 @@ describe('lxcr status, containers, snapshots and checkpoint', () => {
     expect(badVersion.stderr).toMatch(/has no version 999/);
   });
 });
+
+describe('a migration that fails half-way', () => {
+  it('whose last checkpoint fails: the container runs on where it was, untouched', async () => {
+    const owner = (await registry.ownership(CONTAINER))!;
+    const source = testbed.hosts.findIndex((h) => h.hostId === owner.owner) + 1;
+    const target = source === 2 ? 'host3' : 'host2';
+    const undo = breakStaging(source);
+    try {
+      const failed = await api.migrate(CONTAINER, target).then(() => 'it succeeded', (err: unknown) => errorMessage(err));
+      expect(failed).toMatch(/Handoff of api-a/);
+    } finally {
+      undo();
+    }
+    expect(await runningCopiesOf(testbed, CONTAINER)).toEqual([source]);
+    expect(await registry.ownership(CONTAINER)).toMatchObject({ owner: owner.owner, epoch: owner.epoch, state: 'running' });
+    // Still supervised there: it checkpoints on request.
+    expect((await api.checkpoint(CONTAINER)).host).toBe(owner.owner);
+  });
+
+  it('whose target cannot restore: the error says so, and failover runs the container once elsewhere', async () => {
+    const owner = (await registry.ownership(CONTAINER))!;
+    const source = testbed.hosts.findIndex((h) => h.hostId === owner.owner) + 1;
+    const targetIndex = source === 2 ? 3 : 2;
+    const before = await readCounter(testbed.host(source), CONTAINER);
+    const undo = breakStaging(targetIndex);
+    try {
+      const failed = await api.migrate(CONTAINER, `host${targetIndex}`).then(() => 'it succeeded', (err: unknown) => errorMessage(err));
+      expect(failed).toMatch(new RegExp(`restore on host${targetIndex} failed: .*restored on its first live replica host by failover`));
+      const running = await until('api-a running again', async () => {
+        const o = await registry.ownership(CONTAINER);
+        return o?.state === 'running' && o.epoch > owner.epoch + 1 ? o : undefined;
+      }, 120_000, 500);
+      expect(running.owner).not.toBe(`host${targetIndex}`);
+    } finally {
+      undo();
+    }
+    const where = await until('one running copy', async () => {
+      const copies = await runningCopiesOf(testbed, CONTAINER);
+      return copies.length === 1 ? copies : undefined;
+    }, 60_000, 500);
+    expect(await waitForCounterAbove(testbed.host(where[0]!), CONTAINER, before - 1)).toBeGreaterThanOrEqual(before);
+  });
+});
+
+/** A real fault on a host: its agent's staging directory is replaced by a file, so dumps and restores there fail. */
+function breakStaging(index: number): () => void {
+  const staging = join(agentPidFile(testbed, index).replace(/agent\.pid$/, ''), 'staging');
+  renameSync(staging, `${staging}.aside`);
+  writeFileSync(staging, 'not a directory');
+  return () => {
+    rmSync(staging, { force: true });
+    renameSync(`${staging}.aside`, staging);
+  };
+}
