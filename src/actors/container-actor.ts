@@ -1,6 +1,7 @@
 import { spawn, type Ref } from 'nact';
 import cron, { type ScheduledTask } from 'node-cron';
 import { discardStaged, dumpToStaging, restartFromStaged, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
+import type { EventLog } from '../cluster/events.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { GcReport } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
@@ -51,6 +52,8 @@ export interface ContainerActorDeps {
    */
   replicationTimeoutMs: number;
   logger: Logger;
+  /** The audit trail: each checkpoint committed or failed, and what GC collected. */
+  events?: Pick<EventLog, 'record'>;
 }
 
 export interface ContainerSchedule {
@@ -86,6 +89,27 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   const log = deps.logger.child(container);
 
   const checkpoint = async (stop = false): Promise<CheckpointOutcome> => {
+    const started = performance.now();
+    try {
+      const outcome = await dumpAndReplicate(stop);
+      await deps.events?.record({
+        kind: 'checkpoint-committed', host: deps.hostId, container, version: outcome.version, bytes: outcome.uploadedBytes, durationMs: performance.now() - started,
+        outcome: 'ok', detail: `snapshot ${outcome.logicalBytes} bytes, frozen ${Math.round(outcome.dumpMs)} ms${stop ? ', then stopped for a hand-off' : ''}`,
+      });
+      if (outcome.gc.deletedVersions.length > 0 || outcome.gc.deletedChunks > 0) {
+        await deps.events?.record({
+          kind: 'gc-collected', host: deps.hostId, container, bytes: outcome.gc.freedBytes, outcome: 'ok',
+          detail: `versions ${outcome.gc.deletedVersions.join(', ') || 'none'} and ${outcome.gc.deletedChunks} chunks deleted; ${outcome.gc.storedBytes} bytes stored remain`,
+        });
+      }
+      return outcome;
+    } catch (err) {
+      await deps.events?.record({ kind: 'checkpoint-failed', host: deps.hostId, container, durationMs: performance.now() - started, outcome: 'failed', detail: errorMessage(err) });
+      throw err;
+    }
+  };
+
+  const dumpAndReplicate = async (stop: boolean): Promise<CheckpointOutcome> => {
     const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir, stop });
     try {
       const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`).catch(

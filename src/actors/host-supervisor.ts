@@ -1,4 +1,5 @@
 import { spawn, stop, type ActorContext, type ActorSystemRef, type Ref } from 'nact';
+import type { EventLog } from '../cluster/events.ts';
 import type { ContainerRuntime, ContainerState } from '../runtime/runtime.ts';
 import { CompressionPolicy } from '../storage/codec.ts';
 import { DEFAULT_KEEP } from '../storage/gc.ts';
@@ -39,6 +40,8 @@ export interface HostSupervisorOptions {
   fenceMs?: number;
   /** How long a handed-off container may stay unclaimed before this host takes it back. Default 30 s. */
   handoffTimeoutMs?: number;
+  /** The audit trail for checkpoints and GC. */
+  events?: Pick<EventLog, 'record'>;
 }
 
 /** The registry's say on whether this host may run a container. */
@@ -94,7 +97,7 @@ export class HostSupervisor {
     const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
     const deps: ContainerActorDeps = {
       runtime: options.runtime, store: options.store, replicator, garbageCollector, hostId: options.hostId,
-      stagingDir: options.stagingDir, replicationTimeoutMs: options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, logger: this.log,
+      stagingDir: options.stagingDir, replicationTimeoutMs: options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, logger: this.log, events: options.events,
     };
     this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
       this.system,

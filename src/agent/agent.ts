@@ -23,7 +23,7 @@ import { LxcRuntime } from '../runtime/lxc.ts';
 import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
 import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
-import { errorMessage } from '../util/errors.ts';
+import { LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
 /**
@@ -127,7 +127,7 @@ export class Agent {
       const runtime = new LxcRuntime({ lxcpath: config.lxcpath, logger: log.child('lxc') });
       const supervisor = new HostSupervisor({
         hostId: config.hostId, runtime, store, stagingDir: config.stagingDir, logger, pollMs: config.pollMs,
-        schedule: config.schedule, keep: config.keep, ownership: new RegistryOwnershipGuard(registry, config.hostId, events),
+        schedule: config.schedule, keep: config.keep, ownership: new RegistryOwnershipGuard(registry, config.hostId, events), events,
       });
       cleanups.push(() => supervisor.stop());
 
@@ -144,6 +144,11 @@ export class Agent {
       });
       const server = await startAgentServer({
         address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), cluster, logger: log,
+        onRefused: (method, asked, err) =>
+          void events.record({
+            kind: 'request-refused', host: config.hostId, container: typeof asked['container'] === 'string' ? asked['container'] : undefined,
+            outcome: isRefusal(err) || (err instanceof LxcrError && err.code === 'INVALID_ARGUMENT') ? 'refused' : 'failed', detail: `${method}: ${errorMessage(err)}`,
+          }),
         operations: { restore: (request) => restoreService.restore(request), handOff: (request) => handoffService.handOff(request) },
       });
       cleanups.push(() => server.stop());

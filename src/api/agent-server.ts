@@ -10,7 +10,7 @@ import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
 import { HealthService } from './health.ts';
 import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, healthProto } from './proto.ts';
 import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
-import { unaryHandler } from './unary.ts';
+import { unaryHandler, type RefusalListener } from './unary.ts';
 
 /** What the agent does for the calls of other agents; the API layer only validates, calls and maps errors. */
 export interface AgentOperations {
@@ -42,6 +42,8 @@ export interface AgentServerOptions {
   /** The public API (ClusterService), served next to the agents' own calls. */
   cluster?: ClusterOperations;
   logger: Logger;
+  /** Told of every refused or failed call (the agent puts them in the audit trail). */
+  onRefused?: RefusalListener;
 }
 
 export interface AgentServer {
@@ -88,14 +90,15 @@ export function validateHandoffRequest(request: HandoffRequest__Output): ValidHa
 
 export async function startAgentServer(options: AgentServerOptions): Promise<AgentServer> {
   const log = options.logger.child('grpc');
+  const context = { log, onRefused: options.onRefused };
   const server = new grpc.Server();
   const health = new HealthService(options.cluster ? [AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME] : [AGENT_SERVICE_NAME]);
   const handlers: AgentServiceHandlers = {
-    Restore: unaryHandler(log, 'Restore', (request) => ({ container: request.container }), (request) => options.operations.restore(validateRestoreRequest(request))),
-    Handoff: unaryHandler(log, 'Handoff', (request) => ({ container: request.container }), (request) => options.operations.handOff(validateHandoffRequest(request))),
+    Restore: unaryHandler(context, 'Restore', (request) => ({ container: request.container }), (request) => options.operations.restore(validateRestoreRequest(request))),
+    Handoff: unaryHandler(context, 'Handoff', (request) => ({ container: request.container }), (request) => options.operations.handOff(validateHandoffRequest(request))),
   };
   server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
-  if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, log));
+  if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, context));
   server.addService(healthProto.grpc.health.v1.Health.service, health.handlers);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.address, options.credentials, (err, boundPort) => (err ? reject(err) : resolve(boundPort))),

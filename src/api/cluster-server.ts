@@ -1,14 +1,13 @@
 import { validateHostId } from '../cluster/registry.ts';
 import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
-import type { Logger } from '../util/log.ts';
 import type { CheckpointResponse } from './generated/lxcr/v1/CheckpointResponse.ts';
 import type { ClusterServiceHandlers } from './generated/lxcr/v1/ClusterService.ts';
 import type { ListContainersResponse } from './generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse } from './generated/lxcr/v1/MoveResponse.ts';
-import { unaryHandler } from './unary.ts';
+import { unaryHandler, type HandlerContext } from './unary.ts';
 
 /** What the agent does for the public API's calls; this layer only validates, calls and maps errors. */
 export interface ClusterOperations {
@@ -42,21 +41,21 @@ export function requireContainerName(call: string, name: unknown): string {
   }
 }
 
-export function clusterHandlers(operations: ClusterOperations, log: Logger): ClusterServiceHandlers {
+export function clusterHandlers(operations: ClusterOperations, context: HandlerContext): ClusterServiceHandlers {
   return {
-    ListHosts: unaryHandler(log, 'ListHosts', () => ({}), () => operations.listHosts()),
-    ListContainers: unaryHandler(log, 'ListContainers', () => ({}), () => operations.listContainers()),
-    ListSnapshots: unaryHandler(log, 'ListSnapshots', (request) => ({ container: request.container }), (request) => operations.listSnapshots(requireContainerName('ListSnapshots', request.container))),
-    Migrate: unaryHandler(log, 'Migrate', (request) => ({ container: request.container, targetHost: request.targetHost }), (request) =>
+    ListHosts: unaryHandler(context, 'ListHosts', () => ({}), () => operations.listHosts()),
+    ListContainers: unaryHandler(context, 'ListContainers', () => ({}), () => operations.listContainers()),
+    ListSnapshots: unaryHandler(context, 'ListSnapshots', (request) => ({ container: request.container }), (request) => operations.listSnapshots(requireContainerName('ListSnapshots', request.container))),
+    Migrate: unaryHandler(context, 'Migrate', (request) => ({ container: request.container, targetHost: request.targetHost }), (request) =>
       operations.migrate(requireContainerName('Migrate', request.container), requireHostId('Migrate', 'target_host', request.targetHost)),
     ),
-    Restore: unaryHandler(log, 'Restore', (request) => ({ container: request.container, version: request.version, targetHost: request.targetHost }), (request) => {
+    Restore: unaryHandler(context, 'Restore', (request) => ({ container: request.container, version: request.version, targetHost: request.targetHost }), (request) => {
       const container = requireContainerName('Restore', request.container);
       if (!Number.isSafeInteger(request.version) || request.version < 0) throw new InvalidArgumentError(`invalid Restore request: version must be a non-negative integer, got ${request.version}`);
       const target = request.targetHost ? requireHostId('Restore', 'target_host', request.targetHost) : undefined;
       return operations.restore(container, request.version || undefined, target);
     }),
-    Checkpoint: unaryHandler(log, 'Checkpoint', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request) =>
+    Checkpoint: unaryHandler(context, 'Checkpoint', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request) =>
       operations.checkpoint(requireContainerName('Checkpoint', request.container), request.forwardedBy),
     ),
   };

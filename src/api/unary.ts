@@ -3,16 +3,25 @@ import { errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import { fromServiceError, toServiceError } from './status.ts';
 
+/** Told of every call that was refused or failed, e.g. to put it in the audit trail. */
+export type RefusalListener = (method: string, request: Record<string, unknown>, error: unknown) => void;
+
+export interface HandlerContext {
+  log: Logger;
+  onRefused?: RefusalListener;
+}
+
 /**
  * A unary gRPC handler from an async function: its result is the response, anything it throws becomes a status
  * with the error's code and message (status.ts), and refusals are logged with what was asked.
  */
 export function unaryHandler<Req, Res>(
-  log: Logger,
+  context: HandlerContext,
   method: string,
   describe: (request: Req) => Record<string, unknown>,
   handle: (request: Req) => Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
+  const { log, onRefused } = context;
   return (call, callback) => {
     const started = performance.now();
     Promise.resolve()
@@ -20,7 +29,9 @@ export function unaryHandler<Req, Res>(
       .then(
         (response) => callback(null, response),
         (err: unknown) => {
-          log.warn(`${method} refused or failed`, { ...describe(call.request), error: errorMessage(err), ms: Math.round(performance.now() - started) });
+          const asked = describe(call.request);
+          log.warn(`${method} refused or failed`, { ...asked, error: errorMessage(err), ms: Math.round(performance.now() - started) });
+          onRefused?.(method, asked, err);
           callback(toServiceError(err));
         },
       );

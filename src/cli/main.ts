@@ -1,11 +1,12 @@
-import { InvalidArgumentError, LxcrError, errorMessage } from '../util/errors.ts';
+import { InvalidArgumentError, LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import { ExitCode, helpText, type Command } from './command.ts';
 import { agentCommand } from './commands/agent.ts';
+import { auditCommand, cqlCommand } from './commands/audit.ts';
 import { checkpointCommand, containersCommand, migrateCommand, restoreCommand, snapshotsCommand, statusCommand } from './commands/cluster.ts';
 import { demoCommand } from './commands/demo.ts';
 import { testbedCommand } from './commands/testbed.ts';
 
-const COMMANDS: readonly Command[] = [agentCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, migrateCommand, restoreCommand, demoCommand, testbedCommand];
+const COMMANDS: readonly Command[] = [agentCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, migrateCommand, restoreCommand, auditCommand, cqlCommand, demoCommand, testbedCommand];
 
 function overview(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);
@@ -14,6 +15,7 @@ function overview(): string {
 
 /** Maps an error to the documented exit code. */
 export function exitCodeFor(err: unknown): number {
+  if (isRefusal(err)) return ExitCode.REFUSED;
   if (!(err instanceof LxcrError)) return ExitCode.FAILED;
   switch (err.code) {
     case 'INVALID_ARGUMENT':
@@ -22,11 +24,6 @@ export function exitCodeFor(err: unknown): number {
       return ExitCode.ENVIRONMENT;
     case 'TESTBED':
       return ExitCode.TESTBED;
-    case 'NOT_FOUND':
-    case 'FAILED_PRECONDITION':
-    case 'ABORTED':
-    case 'ALREADY_EXISTS':
-      return ExitCode.REFUSED;
     case 'UNAVAILABLE':
     case 'TIMEOUT':
       return ExitCode.UNAVAILABLE;

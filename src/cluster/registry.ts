@@ -96,6 +96,9 @@ export class ClusterRegistry {
 
   async ensureSchema(): Promise<void> {
     for (const statement of registrySchema(this.keyspace, this.replication)) await this.client.execute(statement);
+    // Columns added since the table was first created (CREATE IF NOT EXISTS leaves an existing table as it was).
+    const events = await this.client.metadata.getTable(this.keyspace, 'events');
+    if (events && !events.columnsByName['bytes']) await this.client.execute(`ALTER TABLE ${this.keyspace}.events ADD bytes bigint`);
   }
 
   async registerHost(host: HostRecord): Promise<void> {

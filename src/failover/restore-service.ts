@@ -90,7 +90,7 @@ export class RestoreService {
         throw new ConflictError(`${container} was claimed by another agent while it was being restored here; this copy was destroyed`);
       }
       await events.record({
-        kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, outcome: 'ok',
+        kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, bytes: restored.bytes, outcome: 'ok',
         detail: `download ${Math.round(restored.downloadMs)} ms (${restored.bytes} bytes, ${restored.fromCache} chunks from the standby copy), import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
       });
       log.info('restored after a failover', {

@@ -126,3 +126,11 @@ export function lastLines(text: string, count: number): string {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * Whether an error is a refusal of the request as asked (what was asked for does not exist or is not in a state
+ * that allows it) rather than a failure to do it.
+ */
+export function isRefusal(err: unknown): boolean {
+  return err instanceof LxcrError && ['NOT_FOUND', 'FAILED_PRECONDITION', 'ABORTED', 'ALREADY_EXISTS'].includes(err.code);
+}

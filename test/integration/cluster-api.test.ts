@@ -13,6 +13,7 @@ import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.t
 import { EventLog } from '../../src/cluster/events.ts';
 import { errorMessage, type CodedError } from '../../src/util/errors.ts';
 import { createLogger } from '../../src/util/log.ts';
+import { CQL_PORT } from '../../testcontainers/cassandra.ts';
 import { agentPidFile, startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
@@ -245,3 +246,48 @@ function breakStaging(index: number): () => void {
     renameSync(`${staging}.aside`, staging);
   };
 }
+
+describe('the audit trail of all this, in CQL tables and through lxcr audit / lxcr cql', () => {
+  const cassandraFlags = () => ['--cassandra', testbed.contactPoints.join(','), '--port', String(CQL_PORT), '--keyspace', META];
+
+  it('has a row for each kind of event the cluster went through, with host, container, version, bytes, duration and outcome', async () => {
+    const events = await new EventLog(client, META, createLogger('test', 'error')).ofContainer(CONTAINER, new Date(Date.now() - 3600_000), new Date());
+    const first = (kind: string) => events.find((e) => e.kind === kind);
+    expect(first('container-adopted')).toMatchObject({ host: 'host1', epoch: 1 });
+    expect(first('checkpoint-committed')).toMatchObject({ outcome: 'ok' });
+    expect(first('checkpoint-committed')!.version).toBeGreaterThan(0);
+    expect(first('checkpoint-committed')!.bytes).toBeGreaterThan(0);
+    expect(first('checkpoint-committed')!.durationMs).toBeGreaterThan(0);
+    expect(first('checkpoint-failed')).toMatchObject({ outcome: 'failed' }); // the hand-off whose staging was broken
+    expect(first('gc-collected')).toMatchObject({ outcome: 'ok' });
+    expect(first('handed-off')).toMatchObject({ outcome: 'ok' });
+    expect(first('migration-done')).toMatchObject({ outcome: 'ok' });
+    expect(first('migration-failed')).toMatchObject({ outcome: 'failed' });
+    expect(first('restore-failed')?.detail).toMatch(/ENOTDIR|not a directory/);
+    expect(first('restore-done')!.bytes).toBeGreaterThan(0);
+    // Refused as asked (a restore of version 999), or failed doing it (the migrations that failed half-way).
+    const requests = events.filter((e) => e.kind === 'request-refused');
+    expect(requests.find((e) => e.outcome === 'refused')?.detail).toMatch(/^Restore: .*has no version 999/);
+    expect(requests.filter((e) => e.outcome === 'failed').map((e) => e.detail!.split(':')[0])).toEqual(expect.arrayContaining(['Migrate', 'Restore', 'Handoff']));
+  });
+
+  it('lxcr audit runs the common reports, lxcr cql any statement; both say what was wrong', () => {
+    const history = lxcr('audit', 'history', CONTAINER, ...cassandraFlags());
+    expect(history.status).toBe(0);
+    expect(history.stdout).toMatch(/^AT\s+KIND\s+HOST/);
+    expect(history.stdout).toMatch(/migration-done/);
+    const failures = lxcr('audit', 'failures', '--since', '1h', ...cassandraFlags(), '--json');
+    expect((JSON.parse(failures.stdout) as Array<{ kind: string }>).map((e) => e.kind)).toContain('restore-failed');
+    expect(lxcr('audit', 'restores', ...cassandraFlags()).stdout).toMatch(/^HOST\s+RESTORES\s+MEAN\s+MAX\nhost\d/);
+    expect(lxcr('audit', 'gc', ...cassandraFlags()).stdout).toMatch(new RegExp(`${CONTAINER}\\s+\\d+`));
+    const day = new Date().toISOString().slice(0, 10);
+    const cql = lxcr('cql', `SELECT kind, version FROM ${META}.events_by_container WHERE container = '${CONTAINER}' AND day = '${day}'`, ...cassandraFlags().slice(0, 4), '--json');
+    expect(cql.status).toBe(0);
+    expect((JSON.parse(cql.stdout) as Array<{ kind: string }>).some((row) => row.kind === 'handed-off')).toBe(true);
+    const bad = lxcr('cql', 'SELEKT nothing', ...cassandraFlags().slice(0, 4));
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/Cassandra refused the statement/);
+    expect(lxcr('audit', 'everything', ...cassandraFlags()).status).toBe(2);
+    expect(lxcr('audit', 'gc', '--since', 'yesterday', ...cassandraFlags()).stderr).toMatch(/--since must be a number with s, m, h or d/);
+  });
+});
