@@ -11,7 +11,7 @@ import { agentPidFile, freezeHost, killHost, runningAgentPid, standbyDir, startA
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
 import type { SimulatedHost } from '../../testcontainers/testbed.ts';
 import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
-import { until } from '../support/until.ts';
+import { until } from '../../testcontainers/until.ts';
 
 /**
  * Failover on the real testbed: three hosts, each with its Cassandra node and an `lxcr agent` process; the

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
 import type { ContainerRuntime } from '../../src/runtime/runtime.ts';
 import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
-import { CQL_PORT, LOCAL_DATACENTER, LocalCassandraRing } from '../../testcontainers/cassandra.ts';
+import { clientFor } from '../../testcontainers/client.ts';
+import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { runtimeFor } from '../../testcontainers/lxc.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
@@ -12,15 +13,6 @@ export const SHARED_TESTBED = { name: 'test', hosts: 3, subnet: 10 } as const;
 
 export function sharedTestbed(): Testbed {
   return Testbed.attach(SHARED_TESTBED.name);
-}
-
-export function clientFor(testbed: Testbed): cassandra.Client {
-  return new cassandra.Client({
-    contactPoints: testbed.contactPoints,
-    localDataCenter: LOCAL_DATACENTER,
-    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
-    socketOptions: { connectTimeout: 5000, readTimeout: 20_000 },
-  });
 }
 
 /** The ring's JVMs and data directories, for tests that inspect them (local backend only). */
