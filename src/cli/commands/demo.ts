@@ -6,6 +6,7 @@ import { CassandraSnapshotStore } from '../../storage/cassandra-store.ts';
 import { decodeManifest } from '../../storage/manifest.ts';
 import { DEFAULT_KEYSPACE } from '../../storage/schema.ts';
 import { StandbyCache } from '../../storage/standby-cache.ts';
+import type { VersionRecord } from '../../storage/store.ts';
 import { createLogger } from '../../util/log.ts';
 import { agentWarnings, killHost, standbyDir, startAgent, stopAgent } from '../../../testcontainers/agents.ts';
 import { clientFor } from '../../../testcontainers/client.ts';
@@ -81,7 +82,7 @@ function restoringHost(scene: Scene, container: string): number {
 }
 
 /** One committed version, as the store's manifest records it. */
-function describeVersion(version: { manifest?: Buffer }, agentsStartedAt: number): string {
+function describeVersion(version: VersionRecord, agentsStartedAt: number): string {
   const manifest = decodeManifest(version.manifest!);
   const size = manifest.files.reduce((sum, f) => sum + f.size, 0);
   const { rawBytes, storedBytes } = manifest.compression;
@@ -99,14 +100,16 @@ async function watchCheckpoints(scene: Scene, agentsStartedAt: number, timeoutMs
     `${VERSIONS_BEFORE_KILL} committed versions of every container and standby copies of ${LOST.join(', ')}`,
     async () => {
       scene.checkInterrupted();
+      const fresh: VersionRecord[] = [];
       for (const name of ALL) {
-        const committed = (await scene.store.versions(name)).filter((v) => v.state === 'committed').sort((a, b) => a.version - b.version);
-        for (const version of committed) {
-          if (shown.get(name)!.has(version.version)) continue;
+        for (const version of await scene.store.versions(name)) {
+          if (version.state !== 'committed' || shown.get(name)!.has(version.version)) continue;
           shown.get(name)!.add(version.version);
-          say(describeVersion(version, agentsStartedAt));
+          fresh.push(version);
         }
       }
+      fresh.sort((a, b) => a.committedAt!.getTime() - b.committedAt!.getTime());
+      for (const version of fresh) say(describeVersion(version, agentsStartedAt));
       // The steady state the agents reach between checkpoints: the host that would restore each container
       // holds a copy of its newest version on local disk. Waiting for it keeps the restore below typical.
       for (const name of LOST) {
@@ -355,8 +358,8 @@ export const demoCommand: Command = {
       process.stderr.write('\nThe demo failed (the reason follows); tearing everything down.\n');
       throw err;
     } finally {
-      if (!interrupted) await cleanup();
       if (!interrupted) {
+        await cleanup();
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
       }
