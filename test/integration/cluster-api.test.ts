@@ -15,7 +15,8 @@ import { errorMessage, type CodedError } from '../../src/util/errors.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { agentPidFile, startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
-import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
+import { runningCopiesOf } from '../../testcontainers/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
 
 /**

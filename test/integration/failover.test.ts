@@ -9,8 +9,8 @@ import { StandbyCache } from '../../src/storage/standby-cache.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { agentPidFile, agentWarnings, freezeHost, killHost, runningAgentPid, standbyDir, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
-import type { SimulatedHost } from '../../testcontainers/testbed.ts';
-import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
+import { runningCopiesOf, type SimulatedHost } from '../../testcontainers/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
 
 /**

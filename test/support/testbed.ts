@@ -5,7 +5,6 @@ import type { ContainerRuntime } from '../../src/runtime/runtime.ts';
 import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { clientFor } from '../../testcontainers/client.ts';
 import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
-import { runtimeFor } from '../../testcontainers/lxc.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
 /** The one testbed all integration tests share (started by global-setup.ts). */
@@ -56,14 +55,4 @@ export async function removeContainer(runtime: ContainerRuntime, name: string): 
     await runtime.stop(name, { kill: true });
     await runtime.destroy(name);
   }
-}
-
-/** The testbed hosts (1-based indexes) where a container is RUNNING now. */
-export async function runningCopiesOf(testbed: Testbed, container: string): Promise<number[]> {
-  const hosts: number[] = [];
-  for (let i = 1; i <= testbed.hosts.length; i++) {
-    const runtime = runtimeFor(testbed.host(i));
-    if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
-  }
-  return hosts;
 }

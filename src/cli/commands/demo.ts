@@ -11,7 +11,7 @@ import { createLogger } from '../../util/log.ts';
 import { agentWarnings, killHost, standbyDir, startAgent, stopAgent } from '../../../testcontainers/agents.ts';
 import { clientFor } from '../../../testcontainers/client.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../../testcontainers/lxc.ts';
-import { Testbed } from '../../../testcontainers/testbed.ts';
+import { Testbed, runningCopiesOf } from '../../../testcontainers/testbed.ts';
 import { until } from '../../../testcontainers/until.ts';
 import { intFlag, parseArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
@@ -173,16 +173,6 @@ async function watchFailover(scene: Scene, killedAt: number, timeoutMs: number):
   return restored;
 }
 
-/** Hosts on which the container is RUNNING now. */
-async function runningCopies(testbed: Testbed, name: string): Promise<number[]> {
-  const hosts: number[] = [];
-  for (const i of HOSTS) {
-    const runtime = runtimeFor(testbed.host(i));
-    if ((await runtime.exists(name)) && (await runtime.state(name).catch(() => undefined)) === 'RUNNING') hosts.push(i);
-  }
-  return hosts;
-}
-
 function auditLine(e: RecordedEvent, killedAt: number): string {
   const offset = e.at.getTime() - killedAt;
   const when = `${offset < 0 ? '-' : '+'}${seconds(Math.abs(offset))}`.padStart(8);
@@ -269,7 +259,7 @@ async function tellTheStory(scene: Scene, everySeconds: number, startedAt: numbe
     say(`    from v${done[0]?.version ?? '?'}'s state (what it counted after that checkpoint is counted again); it did not start again at 1`);
     if (host !== expected) problems.push(`${name} was restored on host${host}, not on its first live replica host${expected}`);
     if (resumed <= 20) problems.push(`${name} restarted counting (at ${resumed}): its memory was not restored`);
-    const copies = await runningCopies(testbed, name);
+    const copies = await runningCopiesOf(testbed, name);
     if (done.length !== 1 || copies.length !== 1) problems.push(`${name}: ${done.length} restores done, running on ${copies.map((i) => `host${i}`).join(', ') || 'no host'}`);
   }
   say(`exactly once: each restored once and running on one host only (host${KILLED}'s copies died with it)`);
