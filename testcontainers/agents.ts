@@ -103,6 +103,21 @@ function tail(file: string, lines = 20): string {
   return existsSync(file) ? readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n') : '(no log)';
 }
 
+/**
+ * What each agent of the testbed logged at warn and above, its last `max` such lines: after a failure, the only
+ * record of what the agents decided (their logs go with the testbed's directory at teardown).
+ */
+export function agentWarnings(testbed: Testbed, max = 40): string {
+  const sections: string[] = [];
+  for (let i = 1; i <= testbed.hosts.length; i++) {
+    const file = join(hostDir(testbed, i), 'agent.log');
+    if (!existsSync(file)) continue;
+    const lines = readFileSync(file, 'utf8').split('\n').filter((l) => / (warn|error) /.test(l));
+    sections.push(`--- ${testbed.host(i).hostId} agent (warn+) ---\n${lines.slice(-max).join('\n')}\n`);
+  }
+  return sections.join('');
+}
+
 /** The PID recorded for a host's agent, if that process still runs as this testbed's agent. */
 export function runningAgentPid(testbed: Testbed, index: number): number | undefined {
   const file = agentPidFile(testbed, index);

@@ -4,7 +4,7 @@ import { TestbedError, errorMessage } from '../src/util/errors.ts';
 import { createLogger, type Logger } from '../src/util/log.ts';
 import { DockerCassandraRing } from './cassandra-docker.ts';
 import { LocalCassandraRing, jvmMarker, recordedJvm, type CassandraRing } from './cassandra.ts';
-import { cleanupLxcHosts } from './lxc.ts';
+import { cleanupLxcHosts, runtimeFor } from './lxc.ts';
 import { claimRunDir, listRunDirs, ownerAlive, readOwner, removeRunDir } from './owner.ts';
 import { killAndWait } from './processes.ts';
 
@@ -172,6 +172,16 @@ export class Testbed {
     if (this.descriptor.backend === 'docker') await this.ring.stopAll();
     await teardownRunDir(this.runDir, this.logger);
   }
+}
+
+/** The testbed hosts (1-based indexes) where a container is RUNNING now: more than one would be a split brain. */
+export async function runningCopiesOf(testbed: Testbed, container: string): Promise<number[]> {
+  const hosts: number[] = [];
+  for (let i = 1; i <= testbed.hosts.length; i++) {
+    const runtime = runtimeFor(testbed.host(i));
+    if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
+  }
+  return hosts;
 }
 
 /** Stops a run's containers and JVMs (each only after /proc confirms it is this run's) and removes its directory. */

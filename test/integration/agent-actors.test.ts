@@ -8,7 +8,7 @@ import { run } from '../../src/util/exec.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
-import { until } from '../support/until.ts';
+import { until } from '../../testcontainers/until.ts';
 
 const testbed = sharedTestbed();
 const host = testbed.host(2);

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type cassandra from 'cassandra-driver';
 import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
-import { clientFor, localRing, nodesHoldingTable, sharedTestbed } from '../support/testbed.ts';
+import { clientFor } from '../../testcontainers/client.ts';
+import { localRing, nodesHoldingTable, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
 let client: cassandra.Client;

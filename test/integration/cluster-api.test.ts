@@ -16,8 +16,9 @@ import { createLogger } from '../../src/util/log.ts';
 import { CQL_PORT } from '../../testcontainers/cassandra.ts';
 import { agentPidFile, startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
-import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
-import { until } from '../support/until.ts';
+import { runningCopiesOf } from '../../testcontainers/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { until } from '../../testcontainers/until.ts';
 
 /**
  * The public API (lxcr.v1.ClusterService) and the CLI commands over it, against agents on the real testbed: any

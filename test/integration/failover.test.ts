@@ -1,5 +1,5 @@
 import type cassandra from 'cassandra-driver';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { EventLog } from '../../src/cluster/events.ts';
@@ -7,11 +7,11 @@ import { ClusterRegistry, type Ownership } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { StandbyCache } from '../../src/storage/standby-cache.ts';
 import { createLogger } from '../../src/util/log.ts';
-import { agentPidFile, freezeHost, killHost, runningAgentPid, standbyDir, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
+import { agentPidFile, agentWarnings, freezeHost, killHost, runningAgentPid, standbyDir, startAgent, stopAgent, thawHost } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
-import type { SimulatedHost } from '../../testcontainers/testbed.ts';
-import { connectStore, removeContainer, runningCopiesOf, sharedTestbed } from '../support/testbed.ts';
-import { until } from '../support/until.ts';
+import { runningCopiesOf, type SimulatedHost } from '../../testcontainers/testbed.ts';
+import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { until } from '../../testcontainers/until.ts';
 
 /**
  * Failover on the real testbed: three hosts, each with its Cassandra node and an `lxcr agent` process; the
@@ -49,12 +49,7 @@ async function counterBeforeACheckpoint(host: SimulatedHost, name: string): Prom
 
 /** On failure, what each agent logged at warn and above: the only record of what they decided. */
 function printAgentLogs(): void {
-  for (let i = 1; i <= testbed.hosts.length; i++) {
-    const file = agentPidFile(testbed, i).replace(/agent\.pid$/, 'agent.log');
-    if (!existsSync(file)) continue;
-    const lines = readFileSync(file, 'utf8').split('\n').filter((l) => / (warn|error) /.test(l));
-    process.stderr.write(`--- ${testbed.host(i).hostId} agent (warn+) ---\n${lines.slice(-40).join('\n')}\n`);
-  }
+  process.stderr.write(agentWarnings(testbed));
 }
 
 beforeAll(async () => {

@@ -2,7 +2,8 @@ import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bucketRoutingKey, colocatedBuckets, homeRoutingKey, isColocated } from '../../src/storage/placement.ts';
 import { snapshotSchema } from '../../src/storage/schema.ts';
-import { clientFor, nodesHoldingTable, sharedTestbed } from '../support/testbed.ts';
+import { clientFor } from '../../testcontainers/client.ts';
+import { nodesHoldingTable, sharedTestbed } from '../support/testbed.ts';
 
 const KEYSPACE = 'placement_test';
 const testbed = sharedTestbed();

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
 import type { ContainerRuntime } from '../../src/runtime/runtime.ts';
 import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
-import { CQL_PORT, LOCAL_DATACENTER, LocalCassandraRing } from '../../testcontainers/cassandra.ts';
-import { runtimeFor } from '../../testcontainers/lxc.ts';
+import { clientFor } from '../../testcontainers/client.ts';
+import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
 /** The one testbed all integration tests share (started by global-setup.ts). */
@@ -12,15 +12,6 @@ export const SHARED_TESTBED = { name: 'test', hosts: 3, subnet: 10 } as const;
 
 export function sharedTestbed(): Testbed {
   return Testbed.attach(SHARED_TESTBED.name);
-}
-
-export function clientFor(testbed: Testbed): cassandra.Client {
-  return new cassandra.Client({
-    contactPoints: testbed.contactPoints,
-    localDataCenter: LOCAL_DATACENTER,
-    protocolOptions: { port: CQL_PORT, maxVersion: 3 },
-    socketOptions: { connectTimeout: 5000, readTimeout: 20_000 },
-  });
 }
 
 /** The ring's JVMs and data directories, for tests that inspect them (local backend only). */
@@ -64,14 +55,4 @@ export async function removeContainer(runtime: ContainerRuntime, name: string): 
     await runtime.stop(name, { kill: true });
     await runtime.destroy(name);
   }
-}
-
-/** The testbed hosts (1-based indexes) where a container is RUNNING now. */
-export async function runningCopiesOf(testbed: Testbed, container: string): Promise<number[]> {
-  const hosts: number[] = [];
-  for (let i = 1; i <= testbed.hosts.length; i++) {
-    const runtime = runtimeFor(testbed.host(i));
-    if ((await runtime.exists(container)) && (await runtime.state(container).catch(() => undefined)) === 'RUNNING') hosts.push(i);
-  }
-  return hosts;
 }

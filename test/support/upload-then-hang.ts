@@ -4,7 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { uploadSnapshot } from '../../src/storage/snapshots.ts';
-import { clientFor, sharedTestbed } from './testbed.ts';
+import { clientFor } from '../../testcontainers/client.ts';
+import { sharedTestbed } from './testbed.ts';
 
 const [keyspace, container] = process.argv.slice(2) as [string, string];
 const client = clientFor(sharedTestbed());
