@@ -3,7 +3,7 @@ import { EventLog, type RecordedEvent } from '../../cluster/events.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE } from '../../cluster/registry.ts';
 import { formatRing } from '../../cluster/ring.ts';
 import { CassandraSnapshotStore } from '../../storage/cassandra-store.ts';
-import { decodeManifest } from '../../storage/manifest.ts';
+import { decodeManifest, manifestSizes } from '../../storage/manifest.ts';
 import { DEFAULT_KEYSPACE } from '../../storage/schema.ts';
 import { StandbyCache } from '../../storage/standby-cache.ts';
 import type { VersionRecord } from '../../storage/store.ts';
@@ -15,6 +15,7 @@ import { Testbed, runningCopiesOf } from '../../../testcontainers/testbed.ts';
 import { until } from '../../../testcontainers/until.ts';
 import { intFlag, parseArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
+import { formatBytes } from '../table.ts';
 
 const FLAGS = {
   subnet: { value: true, description: 'the demo hosts get 127.0.SUBNET.1-3 (default 20)' },
@@ -44,10 +45,6 @@ function say(text: string): void {
 
 function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
-}
-
-function bytes(n: number): string {
-  return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(1)} MiB` : `${Math.round(n / 1024)} KiB`;
 }
 
 function indent(text: string): string {
@@ -84,12 +81,12 @@ function restoringHost(scene: Scene, container: string): number {
 /** One committed version, as the store's manifest records it. */
 function describeVersion(version: VersionRecord, agentsStartedAt: number): string {
   const manifest = decodeManifest(version.manifest!);
-  const size = manifest.files.reduce((sum, f) => sum + f.size, 0);
+  const size = manifestSizes(manifest).logicalBytes;
   const { rawBytes, storedBytes } = manifest.compression;
-  const fresh = rawBytes === 0 ? 'nothing new to upload' : `${bytes(rawBytes)} new (stored as ${bytes(storedBytes)})`;
+  const fresh = rawBytes === 0 ? 'nothing new to upload' : `${formatBytes(rawBytes)} new (stored as ${formatBytes(storedBytes)})`;
   return (
     `+${seconds(manifest.committedAt - agentsStartedAt).padStart(6)}  ${manifest.container} v${manifest.version} by ${manifest.sourceHost}: ` +
-    `${bytes(size)} snapshot, ${fresh}; frozen ${Math.round(manifest.timings.freezeMs)} ms, durable ${seconds(manifest.committedAt - manifest.createdAt)} after it began`
+    `${formatBytes(size)} snapshot, ${fresh}; frozen ${Math.round(manifest.timings.freezeMs)} ms, durable ${seconds(manifest.committedAt - manifest.createdAt)} after it began`
   );
 }
 
