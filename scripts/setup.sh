@@ -28,7 +28,7 @@ node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
 packages=(
   lxc busybox-static nftables openjdk-17-jre-headless openjdk-17-jdk-headless xz-utils dpkg-dev
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
-  libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev pkgconf python3-protobuf gcc make
+  libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev pkgconf python3-protobuf gcc make openssl
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { TlsFiles } from '../src/api/tls.ts';
 import { run } from '../src/util/exec.ts';
 import { TestbedError } from '../src/util/errors.ts';
 import { forgetOnExit, isOurs, killAndWait, killOnExit, signalIfOurs } from './processes.ts';
@@ -27,6 +28,8 @@ export interface AgentOptions {
   env?: Record<string, string>;
   /** Keep standby copies (in the host's directory, `standby/`). Default true, as the agent does. */
   standby?: boolean;
+  /** Serve and call with mutual TLS using these files; default plaintext (--insecure). */
+  tls?: TlsFiles;
 }
 
 export interface TestbedAgent {
@@ -65,7 +68,8 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     LXCR, 'agent', '--host-id', host.hostId, '--lxcpath', host.lxcpath, '--cassandra', host.address,
     '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
     '--staging', join(dir, 'staging'), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
-    '--meta-rf', String(Math.min(3, testbed.hosts.length)), '--insecure',
+    '--meta-rf', String(Math.min(3, testbed.hosts.length)),
+    ...(options.tls ? ['--tls-ca', options.tls.ca, '--tls-cert', options.tls.cert, '--tls-key', options.tls.key] : ['--insecure']),
     ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
     ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
   ];

@@ -1,11 +1,11 @@
 import { mkdir } from 'node:fs/promises';
-import * as grpc from '@grpc/grpc-js';
 import cassandra from 'cassandra-driver';
 import { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
 import { ClientPool } from '../api/client-pool.ts';
 import { ClusterClient } from '../api/cluster-client.ts';
+import { channelCredentials, serverCredentials, type TransportSecurity } from '../api/tls.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
 import { EventLog } from '../cluster/events.ts';
@@ -53,8 +53,8 @@ export interface AgentConfig {
   grpc: {
     /** host:port to listen on (port 0: any free port). */
     listen: string;
-    /** Until TLS is configured (issue 5), only an explicit insecure setting is accepted. */
-    insecure: true;
+    /** Mutual TLS with the cluster CA, or plaintext when asked for explicitly (a local testbed). */
+    security: TransportSecurity;
   };
   schedule?: ContainerSchedule;
   keep?: number;
@@ -92,6 +92,9 @@ export class Agent {
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
     validateHostId(config.hostId);
     const log = logger.child(config.hostId);
+    if ('insecure' in config.grpc.security) log.warn('gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only');
+    // Read first: a bad certificate file stops the agent before it starts anything.
+    const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
     await mkdir(config.stagingDir, { recursive: true });
     const gossip = await startGossipView({
       kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
@@ -137,13 +140,13 @@ export class Agent {
         standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
       const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
-      const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, grpc.credentials.createInsecure()));
-      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, grpc.credentials.createInsecure()));
+      const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, credentials.peers));
+      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers));
       const cluster = new AgentClusterOperations({
         hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
       });
       const server = await startAgentServer({
-        address: config.grpc.listen, credentials: grpc.ServerCredentials.createInsecure(), cluster, logger: log,
+        address: config.grpc.listen, credentials: credentials.server, cluster, logger: log,
         onRefused: (method, asked, err) =>
           void events.record({
             kind: 'request-refused', host: config.hostId, container: typeof asked['container'] === 'string' ? asked['container'] : undefined,

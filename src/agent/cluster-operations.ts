@@ -9,7 +9,7 @@ import type { MoveResponse__Output } from '../api/generated/lxcr/v1/MoveResponse
 import type { Snapshot } from '../api/generated/lxcr/v1/Snapshot.ts';
 import type { AgentClient } from '../api/agent-client.ts';
 import type { GossipView } from '../cluster/gossip.ts';
-import type { EventLog } from '../cluster/events.ts';
+import type { EventLog, RecordedEvent } from '../cluster/events.ts';
 import type { ClusterRegistry, HostRecord, Ownership } from '../cluster/registry.ts';
 import { committedManifest } from '../storage/snapshots.ts';
 import { decodeManifest, manifestSizes } from '../storage/manifest.ts';
@@ -29,7 +29,7 @@ export interface ClusterOperationsDeps {
   store: Pick<SnapshotStore, 'versions' | 'latestCommitted' | 'replicas'>;
   gossip: Pick<GossipView, 'current'>;
   supervisor: Pick<HostSupervisor, 'checkpoint'>;
-  events: Pick<EventLog, 'record'>;
+  events: Pick<EventLog, 'record' | 'between' | 'ofContainer'>;
   /** The public API of another agent, for forwarding. */
   peer: (endpoint: string) => { checkpoint(container: string, forwardedBy: string): Promise<CheckpointResponse> };
   /** The agents' own API of another agent (this one's included): hand-offs and restores. */
@@ -156,6 +156,12 @@ export class AgentClusterOperations implements ClusterOperations {
       await this.deps.events.record({ kind: 'migration-failed', host: this.deps.hostId, container, epoch, version, durationMs: performance.now() - started, outcome: 'failed', detail: message });
       throw new CodedError(err instanceof LxcrError ? err.code : 'INTERNAL', message, { cause: err });
     }
+  }
+
+  async eventsSince(from: Date, container: string | undefined): Promise<RecordedEvent[]> {
+    const to = new Date();
+    const events = container === undefined ? await this.deps.events.between(from, to) : await this.deps.events.ofContainer(container, from, to);
+    return events.reverse();
   }
 
   private async ownershipOf(container: string): Promise<Ownership> {

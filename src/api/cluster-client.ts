@@ -1,4 +1,4 @@
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import type { CheckpointResponse__Output } from './generated/lxcr/v1/CheckpointResponse.ts';
 import type { ClusterServiceClient } from './generated/lxcr/v1/ClusterService.ts';
 import type { ListContainersResponse__Output } from './generated/lxcr/v1/ListContainersResponse.ts';
@@ -6,7 +6,10 @@ import type { ListHostsResponse__Output } from './generated/lxcr/v1/ListHostsRes
 import type { ListSnapshotsResponse__Output } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse__Output } from './generated/lxcr/v1/MoveResponse.ts';
 import { clusterProto } from './proto.ts';
+import { fromServiceError } from './status.ts';
 import { callUnary } from './unary.ts';
+import type { Event__Output } from './generated/lxcr/v1/Event.ts';
+import type { StreamEventsRequest } from './generated/lxcr/v1/StreamEventsRequest.ts';
 
 /** A client of the public API (any agent answers for the whole cluster). Errors come back as our coded errors. */
 export class ClusterClient {
@@ -45,6 +48,27 @@ export class ClusterClient {
   /** `version` 0: the newest committed; `targetHost` '': the default host. */
   restore(container: string, version = 0, targetHost = '', timeoutMs = 20 * 60_000): Promise<MoveResponse__Output> {
     return callUnary(`Restore of ${container} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Restore({ container, version, targetHost }, options, callback));
+  }
+
+  /**
+   * The audit trail as a stream: each event to `onEvent`, oldest first. `done` settles when the stream ends (without
+   * follow, after the last event) or fails; `cancel` ends a followed stream.
+   */
+  streamEvents(request: StreamEventsRequest, onEvent: (event: Event__Output) => void): { done: Promise<void>; cancel(): void } {
+    const call = this.client.StreamEvents(request);
+    let cancelled = false;
+    const done = new Promise<void>((resolve, reject) => {
+      call.on('data', onEvent);
+      call.on('end', () => resolve());
+      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(fromServiceError(err, `StreamEvents on ${this.endpoint}`))));
+    });
+    return {
+      done,
+      cancel: () => {
+        cancelled = true;
+        call.cancel();
+      },
+    };
   }
 
   close(): void {

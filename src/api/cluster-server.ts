@@ -1,3 +1,5 @@
+import type * as grpc from '@grpc/grpc-js';
+import type { RecordedEvent } from '../cluster/events.ts';
 import { validateHostId } from '../cluster/registry.ts';
 import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
@@ -7,7 +9,10 @@ import type { ListContainersResponse } from './generated/lxcr/v1/ListContainersR
 import type { ListHostsResponse } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse } from './generated/lxcr/v1/MoveResponse.ts';
+import { toServiceError } from './status.ts';
 import { unaryHandler, type HandlerContext } from './unary.ts';
+import type { Event } from './generated/lxcr/v1/Event.ts';
+import type { StreamEventsRequest__Output } from './generated/lxcr/v1/StreamEventsRequest.ts';
 
 /** What the agent does for the public API's calls; this layer only validates, calls and maps errors. */
 export interface ClusterOperations {
@@ -19,6 +24,64 @@ export interface ClusterOperations {
   migrate(container: string, targetHost: string): Promise<MoveResponse>;
   /** `version` undefined: the newest committed; `targetHost` undefined: the default host. */
   restore(container: string, version: number | undefined, targetHost: string | undefined): Promise<MoveResponse>;
+  /** Audit events from `from` on (of one container, or all), oldest first. */
+  eventsSince(from: Date, container: string | undefined): Promise<RecordedEvent[]>;
+}
+
+/** How often a followed event stream looks for new events. */
+const FOLLOW_POLL_MS = 1000;
+
+/** The events of `call`'s request, then (with follow) each new one, until the client cancels. */
+function streamEvents(operations: ClusterOperations, context: HandlerContext): grpc.handleServerStreamingCall<StreamEventsRequest__Output, Event> {
+  return (call) => {
+    let cancelled = false;
+    call.on('cancelled', () => {
+      cancelled = true;
+    });
+    const run = async () => {
+      const { request } = call;
+      const container = request.container ? requireContainerName('StreamEvents', request.container) : undefined;
+      if (request.sinceMs > Date.now() + 60_000) throw new InvalidArgumentError(`invalid StreamEvents request: since_ms ${request.sinceMs} is in the future`);
+      let cursor = request.sinceMs > 0 ? request.sinceMs : Date.now() - 3600_000;
+      // Events of the cursor's own millisecond already sent: the next read starts at that millisecond again.
+      let sentAtCursor = new Set<string>();
+      for (;;) {
+        for (const event of await operations.eventsSince(new Date(cursor), container)) {
+          if (cancelled) return;
+          const key = JSON.stringify(event);
+          const at = event.at.getTime();
+          if (at === cursor && sentAtCursor.has(key)) continue;
+          if (at > cursor) {
+            cursor = at;
+            sentAtCursor = new Set();
+          }
+          sentAtCursor.add(key);
+          call.write(toWireEvent(event));
+        }
+        if (!request.follow || cancelled) return;
+        await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS));
+        if (cancelled) return;
+      }
+    };
+    run().then(
+      () => {
+        if (!cancelled) call.end();
+      },
+      (err: unknown) => {
+        context.log.warn('StreamEvents failed', { error: errorMessage(err) });
+        context.onRefused?.('StreamEvents', { container: call.request.container }, err);
+        // grpc-js ends a server stream with the status of an 'error' it emits (destroy would skip the status).
+        call.emit('error', Object.assign(new Error(errorMessage(err)), toServiceError(err)));
+      },
+    );
+  };
+}
+
+function toWireEvent(e: RecordedEvent): Event {
+  return {
+    atMs: e.at.getTime(), kind: e.kind, host: e.host, container: e.container ?? '', epoch: e.epoch ?? 0, version: e.version ?? 0,
+    durationMs: e.durationMs ?? 0, bytes: e.bytes ?? 0, outcome: e.outcome ?? '', detail: e.detail ?? '',
+  };
 }
 
 /** A request's host id, checked like the registry checks it. */
@@ -55,6 +118,7 @@ export function clusterHandlers(operations: ClusterOperations, context: HandlerC
       const target = request.targetHost ? requireHostId('Restore', 'target_host', request.targetHost) : undefined;
       return operations.restore(container, request.version || undefined, target);
     }),
+    StreamEvents: streamEvents(operations, context),
     Checkpoint: unaryHandler(context, 'Checkpoint', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request) =>
       operations.checkpoint(requireContainerName('Checkpoint', request.container), request.forwardedBy),
     ),

@@ -58,3 +58,24 @@ export function intFlag(args: ParsedArgs, name: string, fallback: number, min: n
   }
   return n;
 }
+
+/** The transport-security options every gRPC-speaking command takes. */
+export const TLS_FLAGS = {
+  'tls-ca': { value: true, description: 'PEM file of the cluster CA (mutual TLS)' },
+  'tls-cert': { value: true, description: 'PEM certificate signed by that CA' },
+  'tls-key': { value: true, description: 'PEM private key of that certificate' },
+  insecure: { value: false, description: 'plaintext gRPC instead of TLS: for a local testbed only' },
+} as const;
+
+/** What TLS_FLAGS say, for transportSecurityFromFlags. */
+export function tlsFlags(args: ParsedArgs): { ca?: string; cert?: string; key?: string; insecure: boolean } {
+  const get = (name: string) => stringFlag(args, name, '') || undefined;
+  return { ca: get('tls-ca'), cert: get('tls-cert'), key: get('tls-key'), insecure: args.flags.get('insecure') === true };
+}
+
+/** "30m", "24h", "7d" in ms. */
+export function parseDuration(flag: string, text: string): number {
+  const match = /^(\d+)([smhd])$/.exec(text);
+  if (!match) throw new InvalidArgumentError(`--${flag} must be a number with s, m, h or d (e.g. 30m, 24h, 7d), got "${text}"`);
+  return Number(match[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] as 's' | 'm' | 'h' | 'd'];
+}

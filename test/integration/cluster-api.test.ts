@@ -6,6 +6,7 @@ import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/api/agent-client.ts';
 import { ClusterClient } from '../../src/api/cluster-client.ts';
+import type { Event__Output } from '../../src/api/generated/lxcr/v1/Event.ts';
 import type { ListSnapshotsResponse__Output } from '../../src/api/generated/lxcr/v1/ListSnapshotsResponse.ts';
 import { CLUSTER_SERVICE_NAME, clusterProto } from '../../src/api/proto.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
@@ -290,5 +291,31 @@ describe('the audit trail of all this, in CQL tables and through lxcr audit / lx
     expect(bad.stderr).toMatch(/Cassandra refused the statement/);
     expect(lxcr('audit', 'everything', ...cassandraFlags()).status).toBe(2);
     expect(lxcr('audit', 'gc', '--since', 'yesterday', ...cassandraFlags()).stderr).toMatch(/--since must be a number with s, m, h or d/);
+  });
+});
+
+describe('the event stream of the public API', () => {
+  it('sends a container\'s events oldest first, then follows new ones until cancelled', async () => {
+    const past: Event__Output[] = [];
+    await api.streamEvents({ sinceMs: Date.now() - 3600_000, container: CONTAINER }, (e) => past.push(e)).done;
+    expect(past.map((e) => e.kind)).toEqual(expect.arrayContaining(['container-adopted', 'handed-off', 'migration-done', 'restore-done']));
+    expect(past.map((e) => e.atMs)).toEqual([...past.map((e) => e.atMs)].sort((a, b) => a - b));
+    expect(past.every((e) => e.container === CONTAINER)).toBe(true);
+
+    const live: Event__Output[] = [];
+    const stream = api.streamEvents({ sinceMs: Date.now(), container: CONTAINER, follow: true }, (e) => live.push(e));
+    const done = await api.checkpoint(CONTAINER);
+    await until('the new checkpoint on the stream', () => (live.some((e) => e.kind === 'checkpoint-committed' && e.version === done.version) || undefined), 30_000, 200);
+    stream.cancel();
+    await stream.done;
+  });
+
+  it('refuses a malformed filter, and lxcr events prints the stream', async () => {
+    const bad = await api.streamEvents({ container: '../etc' }, () => undefined).done.then(() => 'ended', (err: unknown) => `${(err as CodedError).code}: ${errorMessage(err)}`);
+    expect(bad).toMatch(/^INVALID_ARGUMENT: .*invalid StreamEvents request/);
+    const printed = lxcr('events', '--container', CONTAINER, '--since', '1h', '--json', '--agent', agents[0]!.grpcEndpoint, '--insecure');
+    expect(printed.status).toBe(0);
+    const kinds = printed.stdout.trim().split('\n').map((line) => (JSON.parse(line) as Event__Output).kind);
+    expect(kinds).toContain('migration-done');
   });
 });

@@ -6,6 +6,7 @@ import type { CheckpointRequest as _lxcr_v1_CheckpointRequest, CheckpointRequest
 import type { CheckpointResponse as _lxcr_v1_CheckpointResponse, CheckpointResponse__Output as _lxcr_v1_CheckpointResponse__Output } from './lxcr/v1/CheckpointResponse.ts';
 import type { ClusterServiceClient as _lxcr_v1_ClusterServiceClient, ClusterServiceDefinition as _lxcr_v1_ClusterServiceDefinition } from './lxcr/v1/ClusterService.ts';
 import type { Container as _lxcr_v1_Container, Container__Output as _lxcr_v1_Container__Output } from './lxcr/v1/Container.ts';
+import type { Event as _lxcr_v1_Event, Event__Output as _lxcr_v1_Event__Output } from './lxcr/v1/Event.ts';
 import type { Host as _lxcr_v1_Host, Host__Output as _lxcr_v1_Host__Output } from './lxcr/v1/Host.ts';
 import type { ListContainersRequest as _lxcr_v1_ListContainersRequest, ListContainersRequest__Output as _lxcr_v1_ListContainersRequest__Output } from './lxcr/v1/ListContainersRequest.ts';
 import type { ListContainersResponse as _lxcr_v1_ListContainersResponse, ListContainersResponse__Output as _lxcr_v1_ListContainersResponse__Output } from './lxcr/v1/ListContainersResponse.ts';
@@ -17,6 +18,7 @@ import type { MigrateRequest as _lxcr_v1_MigrateRequest, MigrateRequest__Output 
 import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lxcr_v1_MoveResponse__Output } from './lxcr/v1/MoveResponse.ts';
 import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from './lxcr/v1/PublicRestoreRequest.ts';
 import type { Snapshot as _lxcr_v1_Snapshot, Snapshot__Output as _lxcr_v1_Snapshot__Output } from './lxcr/v1/Snapshot.ts';
+import type { StreamEventsRequest as _lxcr_v1_StreamEventsRequest, StreamEventsRequest__Output as _lxcr_v1_StreamEventsRequest__Output } from './lxcr/v1/StreamEventsRequest.ts';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -29,6 +31,7 @@ export interface ProtoGrpcType {
       CheckpointResponse: MessageTypeDefinition<_lxcr_v1_CheckpointResponse, _lxcr_v1_CheckpointResponse__Output>
       ClusterService: SubtypeConstructor<typeof grpc.Client, _lxcr_v1_ClusterServiceClient> & { service: _lxcr_v1_ClusterServiceDefinition }
       Container: MessageTypeDefinition<_lxcr_v1_Container, _lxcr_v1_Container__Output>
+      Event: MessageTypeDefinition<_lxcr_v1_Event, _lxcr_v1_Event__Output>
       Host: MessageTypeDefinition<_lxcr_v1_Host, _lxcr_v1_Host__Output>
       ListContainersRequest: MessageTypeDefinition<_lxcr_v1_ListContainersRequest, _lxcr_v1_ListContainersRequest__Output>
       ListContainersResponse: MessageTypeDefinition<_lxcr_v1_ListContainersResponse, _lxcr_v1_ListContainersResponse__Output>
@@ -40,6 +43,7 @@ export interface ProtoGrpcType {
       MoveResponse: MessageTypeDefinition<_lxcr_v1_MoveResponse, _lxcr_v1_MoveResponse__Output>
       PublicRestoreRequest: MessageTypeDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_PublicRestoreRequest__Output>
       Snapshot: MessageTypeDefinition<_lxcr_v1_Snapshot, _lxcr_v1_Snapshot__Output>
+      StreamEventsRequest: MessageTypeDefinition<_lxcr_v1_StreamEventsRequest, _lxcr_v1_StreamEventsRequest__Output>
     }
   }
 }

@@ -1,8 +1,9 @@
 import { Agent, type AgentConfig } from '../../agent/agent.ts';
+import { transportSecurityFromFlags } from '../../api/tls.ts';
 import { gossipViewKindFromEnv } from '../../cluster/gossip-factory.ts';
 import { InvalidArgumentError } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
-import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { TLS_FLAGS, intFlag, parseArgs, stringFlag, tlsFlags, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { untilTerminated } from '../signals.ts';
 
@@ -22,7 +23,7 @@ export const AGENT_FLAGS = {
   'meta-rf': { value: true, description: 'replication factor of the registry keyspace (default 3)' },
   'snapshot-keyspace': { value: true, description: 'snapshot keyspace (default lxcr_snapshots)' },
   'meta-keyspace': { value: true, description: 'registry keyspace (default lxcr_meta)' },
-  insecure: { value: false, description: 'serve gRPC without TLS (required until TLS lands; local testbeds only)' },
+  ...TLS_FLAGS,
 } as const;
 
 function required(args: ParsedArgs, name: string): string {
@@ -34,9 +35,6 @@ function required(args: ParsedArgs, name: string): string {
 export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
   const hostId = required(args, 'host-id');
   const address = required(args, 'cassandra');
-  if (args.flags.get('insecure') !== true) {
-    throw new InvalidArgumentError('gRPC without TLS must be asked for explicitly with --insecure (TLS configuration is not available yet)');
-  }
   if (args.flags.get('no-standby') === true && args.flags.has('standby-dir')) {
     throw new InvalidArgumentError('--no-standby and --standby-dir contradict each other: give one of them');
   }
@@ -52,7 +50,7 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
       contactPoints: stringFlag(args, 'contact-points', '').split(',').filter(Boolean),
       jmxPort: intFlag(args, 'jmx-port', 7199, 1, 65_535),
     },
-    grpc: { listen: stringFlag(args, 'listen', `${address}:7500`), insecure: true },
+    grpc: { listen: stringFlag(args, 'listen', `${address}:7500`), security: transportSecurityFromFlags(tlsFlags(args), 'the agent') },
     schedule: cron !== undefined ? { cron } : every !== undefined ? { everyMs: every * 1000 } : {},
     keep: intFlag(args, 'keep', 2, 1, 1000),
     gossip: { kind: gossipViewKindFromEnv() },
@@ -69,12 +67,11 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
 export const agentCommand: Command = {
   name: 'agent',
   summary: 'run the agent daemon of this host (supervision, checkpoints, failover)',
-  usage: '--host-id ID --lxcpath DIR --cassandra ADDRESS --insecure [options]',
+  usage: '--host-id ID --lxcpath DIR --cassandra ADDRESS (--tls-ca F --tls-cert F --tls-key F | --insecure) [options]',
   flags: AGENT_FLAGS,
   async run(argv) {
     const config = agentConfigFromArgs(parseArgs(argv, AGENT_FLAGS));
     const logger = createLogger('lxcr-agent');
-    logger.warn('gRPC runs without TLS (--insecure): use this on a local testbed only');
     const agent = await Agent.start(config, logger);
     process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
     await untilTerminated();

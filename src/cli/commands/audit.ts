@@ -4,7 +4,7 @@ import { DEFAULT_META_KEYSPACE } from '../../cluster/registry.ts';
 import { validateKeyspaceName } from '../../storage/schema.ts';
 import { InvalidArgumentError, UnavailableError, errorMessage } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
-import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { intFlag, parseArgs, parseDuration, stringFlag, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { formatBytes, formatTable } from '../table.ts';
 
@@ -87,13 +87,6 @@ const AUDIT_FLAGS = {
   keyspace: { value: true, description: `the registry keyspace holding the audit trail (default ${DEFAULT_META_KEYSPACE})` },
   since: { value: true, description: 'how far back: 30m, 24h, 7d (default 24h)' },
 } as const;
-
-/** "30m", "24h", "7d" in ms. */
-export function parseDuration(flag: string, text: string): number {
-  const match = /^(\d+)([smhd])$/.exec(text);
-  if (!match) throw new InvalidArgumentError(`--${flag} must be a number with s, m, h or d (e.g. 30m, 24h, 7d), got "${text}"`);
-  return Number(match[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match[2] as 's' | 'm' | 'h' | 'd'];
-}
 
 function eventRow(e: RecordedEvent): string[] {
   return [

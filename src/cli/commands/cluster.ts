@@ -1,8 +1,8 @@
-import * as grpc from '@grpc/grpc-js';
 import { ClusterClient } from '../../api/cluster-client.ts';
+import { channelCredentials, transportSecurityFromFlags } from '../../api/tls.ts';
 import type { MoveResponse__Output } from '../../api/generated/lxcr/v1/MoveResponse.ts';
 import { InvalidArgumentError } from '../../util/errors.ts';
-import { intFlag, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
+import { TLS_FLAGS, intFlag, parseArgs, parseDuration, stringFlag, tlsFlags, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { formatAge, formatBytes, formatTable } from '../table.ts';
 
@@ -15,15 +15,13 @@ const DEFAULT_AGENT = '127.0.0.1:7500';
 
 const CLIENT_FLAGS = {
   agent: { value: true, description: `the agent to ask, host:port (default $LXCR_AGENT or ${DEFAULT_AGENT})` },
-  insecure: { value: false, description: 'talk to the agent without TLS (required until TLS lands; local testbeds only)' },
+  ...TLS_FLAGS,
   json: { value: false, description: 'print the response as JSON' },
 } as const;
 
 async function withClient<T>(args: ParsedArgs, call: (client: ClusterClient) => Promise<T>): Promise<T> {
-  if (args.flags.get('insecure') !== true) {
-    throw new InvalidArgumentError('talking to an agent without TLS must be asked for explicitly with --insecure (TLS configuration is not available yet)');
-  }
-  const client = new ClusterClient(stringFlag(args, 'agent', process.env.LXCR_AGENT || DEFAULT_AGENT), grpc.credentials.createInsecure());
+  const security = transportSecurityFromFlags(tlsFlags(args), 'talking to an agent');
+  const client = new ClusterClient(stringFlag(args, 'agent', process.env.LXCR_AGENT || DEFAULT_AGENT), channelCredentials(security));
   try {
     return await call(client);
   } finally {
@@ -48,7 +46,7 @@ function noPositionals(args: ParsedArgs): void {
 export const statusCommand: Command = {
   name: 'status',
   summary: 'the cluster\'s hosts: UN/DN in the answering agent\'s gossip view, containers owned',
-  usage: '[--agent HOST:PORT] --insecure [--json]',
+  usage: '[--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: CLIENT_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, CLIENT_FLAGS);
@@ -67,7 +65,7 @@ export const statusCommand: Command = {
 export const containersCommand: Command = {
   name: 'containers',
   summary: 'the cluster\'s containers: owner, state, last committed snapshot (version, age, size)',
-  usage: '[--agent HOST:PORT] --insecure [--json]',
+  usage: '[--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: CLIENT_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, CLIENT_FLAGS);
@@ -89,7 +87,7 @@ export const containersCommand: Command = {
 export const snapshotsCommand: Command = {
   name: 'snapshots',
   summary: 'a container\'s snapshot versions, newest first',
-  usage: 'CONTAINER [--agent HOST:PORT] --insecure [--json]',
+  usage: 'CONTAINER [--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: CLIENT_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, CLIENT_FLAGS);
@@ -111,7 +109,7 @@ export const snapshotsCommand: Command = {
 export const checkpointCommand: Command = {
   name: 'checkpoint',
   summary: 'checkpoint a container now, on the host that owns it; returns once the version is committed',
-  usage: 'CONTAINER [--agent HOST:PORT] --insecure [--json]',
+  usage: 'CONTAINER [--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: CLIENT_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, CLIENT_FLAGS);
@@ -140,7 +138,7 @@ function printMove(args: ParsedArgs, r: MoveResponse__Output, verb: string): voi
 export const migrateCommand: Command = {
   name: 'migrate',
   summary: 'move a running container to another host, exactly once (last checkpoint, restore there, old copy destroyed)',
-  usage: 'CONTAINER --to HOST [--agent HOST:PORT] --insecure [--json]',
+  usage: 'CONTAINER --to HOST [--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: MOVE_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, MOVE_FLAGS);
@@ -161,13 +159,52 @@ const RESTORE_FLAGS = {
 export const restoreCommand: Command = {
   name: 'restore',
   summary: 'restore a container from a committed version (a running copy is stopped first)',
-  usage: 'CONTAINER [--version N] [--to HOST] [--agent HOST:PORT] --insecure [--json]',
+  usage: 'CONTAINER [--version N] [--to HOST] [--agent HOST:PORT] (TLS options | --insecure) [--json]',
   flags: RESTORE_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, RESTORE_FLAGS);
     const container = onePositional(args, 'container name');
     const version = intFlag(args, 'version', 0, 1, Number.MAX_SAFE_INTEGER);
     printMove(args, await withClient(args, (c) => c.restore(container, version, stringFlag(args, 'to', ''))), 'restored');
+    return ExitCode.OK;
+  },
+};
+
+const EVENTS_FLAGS = {
+  ...CLIENT_FLAGS,
+  since: { value: true, description: 'how far back: 30m, 24h, 7d (default 1h)' },
+  container: { value: true, description: 'only this container\'s events' },
+  follow: { value: false, description: 'keep printing new events until Ctrl-C' },
+} as const;
+
+export const eventsCommand: Command = {
+  name: 'events',
+  summary: 'the cluster\'s audit trail as it happens (oldest first; --follow keeps it open)',
+  usage: '[--since 1h] [--container NAME] [--follow] [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  flags: EVENTS_FLAGS,
+  async run(argv) {
+    const args = parseArgs(argv, EVENTS_FLAGS);
+    noPositionals(args);
+    const sinceMs = Date.now() - parseDuration('since', stringFlag(args, 'since', '1h'));
+    const json = args.flags.get('json') === true;
+    await withClient(args, async (client) => {
+      const stream = client.streamEvents(
+        { sinceMs, container: stringFlag(args, 'container', ''), follow: args.flags.get('follow') === true },
+        (e) => {
+          const line = json
+            ? JSON.stringify(e)
+            : [new Date(e.atMs).toISOString(), e.kind, e.host, e.container, e.version ? `v${e.version}` : '', e.outcome, e.detail].filter(Boolean).join('  ');
+          process.stdout.write(`${line}\n`);
+        },
+      );
+      const stop = () => stream.cancel();
+      process.once('SIGINT', stop).once('SIGTERM', stop);
+      try {
+        await stream.done;
+      } finally {
+        process.off('SIGINT', stop).off('SIGTERM', stop);
+      }
+    });
     return ExitCode.OK;
   },
 };

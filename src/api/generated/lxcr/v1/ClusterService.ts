@@ -5,6 +5,7 @@ import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
 import type { CheckpointRequest as _lxcr_v1_CheckpointRequest, CheckpointRequest__Output as _lxcr_v1_CheckpointRequest__Output } from '../../lxcr/v1/CheckpointRequest.ts';
 import type { CheckpointResponse as _lxcr_v1_CheckpointResponse, CheckpointResponse__Output as _lxcr_v1_CheckpointResponse__Output } from '../../lxcr/v1/CheckpointResponse.ts';
+import type { Event as _lxcr_v1_Event, Event__Output as _lxcr_v1_Event__Output } from '../../lxcr/v1/Event.ts';
 import type { ListContainersRequest as _lxcr_v1_ListContainersRequest, ListContainersRequest__Output as _lxcr_v1_ListContainersRequest__Output } from '../../lxcr/v1/ListContainersRequest.ts';
 import type { ListContainersResponse as _lxcr_v1_ListContainersResponse, ListContainersResponse__Output as _lxcr_v1_ListContainersResponse__Output } from '../../lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsRequest as _lxcr_v1_ListHostsRequest, ListHostsRequest__Output as _lxcr_v1_ListHostsRequest__Output } from '../../lxcr/v1/ListHostsRequest.ts';
@@ -14,6 +15,7 @@ import type { ListSnapshotsResponse as _lxcr_v1_ListSnapshotsResponse, ListSnaps
 import type { MigrateRequest as _lxcr_v1_MigrateRequest, MigrateRequest__Output as _lxcr_v1_MigrateRequest__Output } from '../../lxcr/v1/MigrateRequest.ts';
 import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lxcr_v1_MoveResponse__Output } from '../../lxcr/v1/MoveResponse.ts';
 import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from '../../lxcr/v1/PublicRestoreRequest.ts';
+import type { StreamEventsRequest as _lxcr_v1_StreamEventsRequest, StreamEventsRequest__Output as _lxcr_v1_StreamEventsRequest__Output } from '../../lxcr/v1/StreamEventsRequest.ts';
 
 export interface ClusterServiceClient extends grpc.Client {
   /**
@@ -134,6 +136,21 @@ export interface ClusterServiceClient extends grpc.Client {
   restore(argument: _lxcr_v1_PublicRestoreRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
   restore(argument: _lxcr_v1_PublicRestoreRequest, callback: grpc.requestCallback<_lxcr_v1_MoveResponse__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * The cluster's audit trail as a stream: the events since since_ms (oldest first), then, with follow, each new
+   * one as it is written (read every second) until the client cancels.
+   * Errors: INVALID_ARGUMENT (malformed container name or a since_ms in the future), UNAVAILABLE.
+   */
+  StreamEvents(argument: _lxcr_v1_StreamEventsRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
+  StreamEvents(argument: _lxcr_v1_StreamEventsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
+  /**
+   * The cluster's audit trail as a stream: the events since since_ms (oldest first), then, with follow, each new
+   * one as it is written (read every second) until the client cancels.
+   * Errors: INVALID_ARGUMENT (malformed container name or a since_ms in the future), UNAVAILABLE.
+   */
+  streamEvents(argument: _lxcr_v1_StreamEventsRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
+  streamEvents(argument: _lxcr_v1_StreamEventsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
+  
 }
 
 export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementation {
@@ -181,6 +198,13 @@ export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementatio
    */
   Restore: grpc.handleUnaryCall<_lxcr_v1_PublicRestoreRequest__Output, _lxcr_v1_MoveResponse>;
   
+  /**
+   * The cluster's audit trail as a stream: the events since since_ms (oldest first), then, with follow, each new
+   * one as it is written (read every second) until the client cancels.
+   * Errors: INVALID_ARGUMENT (malformed container name or a since_ms in the future), UNAVAILABLE.
+   */
+  StreamEvents: grpc.handleServerStreamingCall<_lxcr_v1_StreamEventsRequest__Output, _lxcr_v1_Event>;
+  
 }
 
 export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
@@ -190,4 +214,5 @@ export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
   ListSnapshots: MethodDefinition<_lxcr_v1_ListSnapshotsRequest, _lxcr_v1_ListSnapshotsResponse, _lxcr_v1_ListSnapshotsRequest__Output, _lxcr_v1_ListSnapshotsResponse__Output>
   Migrate: MethodDefinition<_lxcr_v1_MigrateRequest, _lxcr_v1_MoveResponse, _lxcr_v1_MigrateRequest__Output, _lxcr_v1_MoveResponse__Output>
   Restore: MethodDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_MoveResponse, _lxcr_v1_PublicRestoreRequest__Output, _lxcr_v1_MoveResponse__Output>
+  StreamEvents: MethodDefinition<_lxcr_v1_StreamEventsRequest, _lxcr_v1_Event, _lxcr_v1_StreamEventsRequest__Output, _lxcr_v1_Event__Output>
 }
