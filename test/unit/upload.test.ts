@@ -106,6 +106,23 @@ describe('uploadSnapshot', () => {
     expect(Object.values(manifest.compression.reasons).reduce((a, b) => a + b, 0)).toBe(result.uploadedChunks);
   });
 
+  it("cuts a 'pages' source only at 4 KiB offsets, and a 'bytes' source anywhere", async () => {
+    const data = pseudoRandom(16 * MiB, 6);
+    const store = new MemoryStore();
+    await uploadSnapshot({
+      store: store.asStore(),
+      container: 'c',
+      sourceHost: 'h',
+      policy: new CompressionPolicy(),
+      sources: [{ ...source('images/pages-1.img', data), chunking: 'pages' }, source('rootfs.tar', data.subarray(1))],
+    });
+    const [pages, bytes] = decodeManifest(store.committed!).files;
+    expect(pages!.chunks.length).toBeGreaterThan(4);
+    expect(pages!.chunks.slice(0, -1).every((c) => c.size % (4 * KiB) === 0)).toBe(true);
+    expect(bytes!.chunks.slice(0, -1).some((c) => c.size % (4 * KiB) !== 0)).toBe(true);
+    expect(Buffer.concat(pages!.chunks.map((c) => store.data.get(c.hash)!)).equals(data)).toBe(true);
+  });
+
   it('never has more than `concurrency` puts in flight, and keeps them busy', async () => {
     for (const concurrency of [1, 3]) {
       const store = new MemoryStore();
