@@ -100,6 +100,8 @@ class BucketFiller {
 
 /** Chunks compressed at once, on libuv's thread pool: one per core of the 2-core machines this targets. */
 const ENCODE_PARALLELISM = 2;
+/** Groups of new chunks registered (or being registered) as pending ahead of the put slots. */
+const REGISTERED_GROUPS_AHEAD = 2;
 /** Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). */
 const READ_AHEAD_BYTES = 16 * 1024 * 1024;
 /**
@@ -149,8 +151,11 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const uploaded: ChunkLocation[] = [];
   /** New chunks waiting to be registered as pending. */
   let group: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
-  /** Registered chunks waiting for a put slot: at most one group's worth, so memory stays bounded. */
+  /** Registered chunks waiting for a put slot. */
   const ready: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
+  /** Registrations in flight, and how many chunks they carry. */
+  const registering = new Set<Promise<void>>();
+  let registeringChunks = 0;
 
   const arena = new ChunkArena(ARENA_BYTES);
   const prepare = async ({ data, hash }: HashedChunk): Promise<PreparedChunk> => {
@@ -190,22 +195,36 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     }
   };
 
+  /**
+   * Registers a group as pending, in the background: its puts are launched when the registration returns. Up to
+   * REGISTERED_GROUPS_AHEAD groups are registered or registering ahead of the put slots, so a registration's latency
+   * is hidden behind the puts of the group before it (memory stays bounded: that many groups' chunks). Measured
+   * with one group ahead: a registration took ~50 ms while the replicas were busy with chunk writes (it queues
+   * behind them), the slots ran dry meanwhile, and on average only 2.8-3.1 of the 4 puts were in flight.
+   */
   const flushGroup = async () => {
     const pending = group;
     group = [];
     if (pending.length === 0 || failure) return;
-    // At most one registered group waits for slots: wait until the previous one is all in flight.
-    while (!failure && ready.length > 0) await Promise.race(inFlight);
-    if (failure) return;
-    try {
-      // One request registers the whole group, before any of its data is written (see ChunkState).
-      await store.indexChunks(container, pending.map((p) => p.location), 'pending');
-    } catch (error) {
-      failure ??= { error };
-      return;
+    while (!failure && ready.length + registeringChunks >= REGISTERED_GROUPS_AHEAD * concurrency && inFlight.size + registering.size > 0) {
+      await Promise.race([...inFlight, ...registering]);
     }
-    ready.push(...pending);
-    launch();
+    if (failure) return;
+    registeringChunks += pending.length;
+    // One request registers the whole group, before any of its data is written (see ChunkState).
+    const registration: Promise<void> = store.indexChunks(container, pending.map((p) => p.location), 'pending').then(
+      () => {
+        ready.push(...pending);
+        launch();
+      },
+      (error: unknown) => {
+        failure ??= { error };
+      },
+    ).finally(() => {
+      registeringChunks -= pending.length;
+      registering.delete(registration);
+    });
+    registering.add(registration);
   };
 
   const files: SnapshotFile[] = [];
@@ -245,7 +264,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
         chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
         // A full group is registered; so is a partial one when nothing more is ready and half the put slots are
         // idle, so the writes do not wait on a slow source (but a small registration is not sent per chunk).
-        if (group.length >= concurrency || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length < (concurrency + 1) / 2)) {
+        if (group.length >= concurrency || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length + registeringChunks < (concurrency + 1) / 2)) {
           await flushGroup();
         }
       }
@@ -255,7 +274,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     await flushGroup();
   } finally {
     // Whatever happened (a source that fails to read included), no put is left running once this returns or throws.
-    while (inFlight.size > 0) await Promise.race(inFlight);
+    while (inFlight.size + registering.size > 0) await Promise.race([...inFlight, ...registering]);
   }
   if (failure) {
     const cause = failure.error;
