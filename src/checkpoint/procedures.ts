@@ -27,9 +27,8 @@ const ROOTFS_TAR = 'rootfs.tar';
  * A CRIU image's bytes. A large one (memory pages) is read 1 MiB at a time: with a ReadStream's default 64 KiB,
  * reading took ~2x the CPU per GiB (0.6-0.9 s vs 0.3 s, measured). The many small ones (a dump has ~50 of a few KiB)
  * are read whole in one buffer of their size: a ReadStream allocates a buffer of its read size for every read, the
- * last one finding the end included, which for 1 MiB reads was ~110 MiB allocated per dump for a few hundred KiB
- * of data, and what V8 collects in proportion to (mark-compacts, measured per 256 MiB upload: ~37 with, ~19 for the
- * bare driver loop, whose only large allocations are the driver's own).
+ * last one finding the end included, which for 1 MiB reads was ~110 MiB of garbage per dump for a few hundred KiB
+ * of data.
  */
 function readImage(path: string, size: number): ByteSource {
   if (size > IMAGE_READ_BYTES) return createReadStream(path, { highWaterMark: IMAGE_READ_BYTES });

@@ -199,7 +199,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   /**
    * Registers a group as pending, in the background: its puts are launched when the registration returns. Up to
    * REGISTERED_GROUPS_AHEAD groups are registered or registering ahead of the put slots, so a registration's latency
-   * is hidden behind the puts of the group before it (memory stays bounded: that many groups' chunks). Measured
+   * is hidden behind the puts of the group before it (memory stays bounded: at most one group more). Measured
    * with one group ahead: a registration took ~50 ms while the replicas were busy with chunk writes (it queues
    * behind them), the slots ran dry meanwhile, and on average only 2.8-3.1 of the 4 puts were in flight.
    */
