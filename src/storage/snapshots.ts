@@ -41,6 +41,11 @@ export interface UploadOptions {
   policy: CompressionPolicy;
   /** Chunk uploads in flight at once. Default 4. */
   concurrency?: number;
+  /**
+   * New chunks registered as pending per request (one unlogged batch in the home partition). Default 12 (see
+   * DEFAULT_REGISTRATION_GROUP).
+   */
+  registrationGroup?: number;
   /** A bucket partition is closed once it holds this many stored bytes. Default 64 MiB. */
   bucketBytes?: number;
   /** Timings of the dump that produced the sources, for the manifest. */
@@ -100,10 +105,19 @@ class BucketFiller {
 
 /** Chunks compressed at once, on libuv's thread pool: one per core of the 2-core machines this targets. */
 const ENCODE_PARALLELISM = 2;
-/** Groups of new chunks registered (or being registered) as pending ahead of the put slots. */
-const REGISTERED_GROUPS_AHEAD = 2;
-/** Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). */
-const READ_AHEAD_BYTES = 16 * 1024 * 1024;
+/**
+ * New chunks per pending registration. Each registration is a small request to the same two replicas as the chunk
+ * writes, and they cost the JVMs far more than their bytes: measured per GiB uploaded (256 MiB runs, CPU from
+ * /proc), the three JVMs spent 28.8-37.3 s with groups of 4 (~290 registrations per GiB), 22.9-33.5 s with groups
+ * of 12 (~110), 23.2-25.1 s with none at all (a diagnostic run, not a safe upload), the bare loop 21.3-22.2 s.
+ * A group of 12 (~12 MiB of chunks) registered ahead also covers a registration's ~70-120 ms latency.
+ */
+const DEFAULT_REGISTRATION_GROUP = 12;
+/**
+ * Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). 8 MiB: the group being
+ * collected for registration (up to 12 chunks) runs ahead of the writes too.
+ */
+const READ_AHEAD_BYTES = 8 * 1024 * 1024;
 /**
  * The ring new chunks' bytes are copied into (see ChunkArena): the read-ahead, the chunks being hashed and
  * compressed, a group, a registered group and the puts in flight, with room to spare. A chunk that finds no room
@@ -124,7 +138,7 @@ type PreparedChunk =
  *    moving the hashing to the thread pool cost more of it (see HashingOptions),
  * 2. compressing new chunks where the policy says it pays, ENCODE_PARALLELISM at once on libuv's thread pool,
  *    run ahead of the writes by up to READ_AHEAD_BYTES of prepared chunks,
- * 3. registering new chunks as pending (one batch per group of up to `concurrency`), then writing them with
+ * 3. registering new chunks as pending (one batch per group of up to `registrationGroup`), then writing them with
  *    `concurrency` puts in flight; the next groups are registered in the background while earlier ones wait for
  *    put slots or are written.
  * Measured before this (1 chunk read, hashed, compressed, then written, in turn): 1.6 puts in flight on average
@@ -134,6 +148,10 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const { store, container, policy } = options;
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
+  const registrationGroup = options.registrationGroup ?? DEFAULT_REGISTRATION_GROUP;
+  if (!Number.isInteger(registrationGroup) || registrationGroup < 1) {
+    throw new InvalidArgumentError(`registrationGroup must be a positive integer, got ${registrationGroup}`);
+  }
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
@@ -197,17 +215,17 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   };
 
   /**
-   * Registers a group as pending, in the background: its puts are launched when the registration returns. Up to
-   * REGISTERED_GROUPS_AHEAD groups are registered or registering ahead of the put slots, so a registration's latency
-   * is hidden behind the puts of the group before it (memory stays bounded: at most one group more). Measured
-   * with one group ahead: a registration took ~50 ms while the replicas were busy with chunk writes (it queues
-   * behind them), the slots ran dry meanwhile, and on average only 2.8-3.1 of the 4 puts were in flight.
+   * Registers a group as pending, in the background: its puts are launched when the registration returns. The next
+   * group is registered once at most `concurrency` chunks wait for put slots (or a registration), so its latency is
+   * hidden behind their puts and those in flight (memory stays bounded: a group, those chunks, the puts). Measured with groups of 4 registered only once the previous one was all in flight:
+   * a registration took ~50 ms while the replicas were busy with chunk writes (it queues behind them), the slots ran
+   * dry meanwhile, and on average only 2.8-3.1 of the 4 puts were in flight (3.6-3.9 since).
    */
   const flushGroup = async () => {
     const pending = group;
     group = [];
     if (pending.length === 0 || failure) return;
-    while (!failure && ready.length + registeringChunks >= REGISTERED_GROUPS_AHEAD * concurrency && inFlight.size + registering.size > 0) {
+    while (!failure && ready.length + registeringChunks > concurrency && inFlight.size + registering.size > 0) {
       await Promise.race([...inFlight, ...registering]);
     }
     if (failure) return;
@@ -265,7 +283,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
         chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
         // A full group is registered; so is a partial one when nothing more is ready and half the put slots are
         // idle, so the writes do not wait on a slow source (but a small registration is not sent per chunk).
-        if (group.length >= concurrency || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length + registeringChunks < (concurrency + 1) / 2)) {
+        if (group.length >= registrationGroup || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length + registeringChunks < (concurrency + 1) / 2)) {
           await flushGroup();
         }
       }

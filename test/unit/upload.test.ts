@@ -95,8 +95,8 @@ describe('uploadSnapshot', () => {
     });
     expect(storedAt).toBeLessThan(commitAt);
     expect(commitAt).toBe(store.events.length - 1);
-    // Groups of at most `concurrency` (4) chunks, one registration each.
-    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(4);
+    // Groups of at most `registrationGroup` (default 12) chunks, one registration each.
+    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(12);
     expect(result.uploadedChunks).toBe(store.data.size);
     expect(result.logicalBytes).toBe(data.length);
     const manifest = decodeManifest(store.committed!);
@@ -209,7 +209,8 @@ describe('uploadSnapshot', () => {
     }
     const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [{ path: 'p', mode: 0o600, open: big }] });
     expect(result.logicalBytes).toBe(128 * MiB);
-    // Read-ahead (16 MiB) + a group, a registered group and the puts in flight (4 chunks each) + the chunk being cut.
+    // Read-ahead (8 MiB) + a group being collected (12 chunks), up to 4 + 12 chunks registered or registering, the puts
+    // in flight (4) + the chunk being cut.
     expect(maxHeld).toBeLessThan(48 * MiB);
   });
 });
