@@ -3,7 +3,7 @@
 // written to the same keyspace by a bare driver loop. Sizes from LXCR_BENCH_SIZES (MiB, default 64,256,1024).
 // Prints a table per size and, last, one JSON line with the ratios for the largest size.
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
 import { checkpointToStore, restoreFromStore } from '../src/checkpoint/procedures.ts';
@@ -12,6 +12,7 @@ import { CompressionPolicy } from '../src/storage/codec.ts';
 import { mapBounded } from '../src/util/concurrency.ts';
 import { createLogger } from '../src/util/log.ts';
 import { createCounterContainer, dirtyMemory, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
+import { LocalCassandraRing } from '../testcontainers/cassandra.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
 import { connectBenchClient, log, round } from './support.ts';
 
@@ -38,6 +39,9 @@ interface SizeResult {
   /** Resident set size of this process before our first checkpoint, and its peak while it ran (dump + upload). */
   rssBeforeUploadMiB: number;
   uploadPeakRssMiB: number;
+  /** CPU-s per GiB of this process and of each Cassandra JVM, during our first checkpoint and during the bare loop. */
+  uploadCpu: { self: number; jvms: number[] };
+  bareCpu: { self: number; jvms: number[] };
 }
 
 /**
@@ -56,6 +60,33 @@ async function peakRss<T>(task: () => Promise<T>): Promise<{ result: T; peakByte
   } finally {
     clearInterval(timer);
   }
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat; 0 once it is gone. */
+function cpuSeconds(pid: number | 'self'): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * CPU seconds per GiB that this process and each local Cassandra JVM spent while `task` ran: on a machine where
+ * the JVMs share the cores with the agent, CPU, not the network, sets the upload rate, so this says where it went.
+ */
+async function cpuPerGiB<T>(testbed: Testbed, bytes: (result: T) => number, task: () => Promise<T>): Promise<{ result: T; self: number; jvms: number[] }> {
+  const pids = testbed.ring instanceof LocalCassandraRing ? testbed.ring.livePids().map(([, pid]) => pid) : [];
+  const before = { self: cpuSeconds('self'), jvms: pids.map(cpuSeconds) };
+  const result = await task();
+  const gib = bytes(result) / 1024 / MiB;
+  return {
+    result,
+    self: (cpuSeconds('self') - before.self) / gib,
+    jvms: pids.map((pid, i) => (cpuSeconds(pid) - before.jvms[i]!) / gib),
+  };
 }
 
 /** The baseline: the same number of bytes as 1 MiB blobs, at the same consistency and concurrency. */
@@ -90,15 +121,15 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
 
   const policy = new CompressionPolicy();
   const rssBeforeUpload = process.memoryUsage.rss();
-  const { result: first, peakBytes: uploadPeakRss } = await peakRss(() =>
-    checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging }),
+  const { result: { result: first, peakBytes: uploadPeakRss }, ...uploadCpu } = await cpuPerGiB(testbed, (r) => r.result.uploadedBytes, () =>
+    peakRss(() => checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging })),
   );
   const uploadMs = first.manifest.timings.uploadMs;
 
   await dirtyMemory(host, name, Math.max(1, Math.round(sizeMiB / 10)));
   const second = await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging });
 
-  const bareLoopMiBps = await bareLoop(client, first.uploadedBytes);
+  const { result: bareLoopMiBps, ...bareCpu } = await cpuPerGiB(testbed, () => first.uploadedBytes, () => bareLoop(client, first.uploadedBytes));
 
   await runtime.stop(name, { kill: true });
   await runtime.destroy(name);
@@ -124,9 +155,14 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
     restoreFromStoreMs,
     rssBeforeUploadMiB: rssBeforeUpload / MiB,
     uploadPeakRssMiB: uploadPeakRss / MiB,
+    uploadCpu,
+    bareCpu,
   };
 }
 
+
+const cpuLine = ({ self, jvms }: { self: number; jvms: number[] }) =>
+  `${round(self)}; ${jvms.map((j) => round(j)).join(' + ')} = ${round(jvms.reduce((a, b) => a + b, 0))}`;
 
 async function main(): Promise<void> {
   const staging = mkdtempSync('/var/tmp/lxcr-bench-');
@@ -148,6 +184,7 @@ async function main(): Promise<void> {
           `raw lxc-checkpoint: dump ${round(r.rawDumpMs)} ms (${round(r.imageMiB)} MiB of images), restore ${round(r.rawRestoreMs)} ms`,
           `checkpoint: frozen ${round(r.freezeMs)} ms, uploaded ${round(r.uploadedMiB)} MiB in ${round(r.uploadMs)} ms = ${round(r.uploadMiBps)} MiB/s (bare driver loop ${round(r.bareLoopMiBps)} MiB/s), durable after ${round(r.durableMs)} ms`,
           `compression decisions: ${JSON.stringify(r.compression)}`,
+          `CPU-s per GiB (this process; each JVM = sum): checkpoint ${cpuLine(r.uploadCpu)}; bare loop ${cpuLine(r.bareCpu)}`,
           `peak RSS of this process during the checkpoint: ${round(r.uploadPeakRssMiB, 1)} MiB (${round(r.rssBeforeUploadMiB, 1)} MiB before it; the dump is streamed, never held whole)`,
           `second checkpoint after ~10% of memory changed: uploaded ${round(r.incrementalUploadedMiB)} MiB`,
           `restore from Cassandra (download, verify, lay out, lxc-checkpoint -r): ${round(r.restoreFromStoreMs)} ms`,

@@ -1,10 +1,11 @@
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
+import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
 import { downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
@@ -23,6 +24,23 @@ import { CheckpointError, NotFoundError } from '../util/errors.ts';
 const IMAGES = 'images';
 const CONFIG = 'config';
 const ROOTFS_TAR = 'rootfs.tar';
+/**
+ * A CRIU image's bytes. A large one (memory pages) is read 1 MiB at a time: with a ReadStream's default 64 KiB,
+ * reading took ~2x the CPU per GiB (0.6-0.9 s vs 0.3 s, measured). The many small ones (a dump has ~50 of a few KiB)
+ * are read whole in one buffer of their size: a ReadStream allocates a buffer of its read size for every read, the
+ * last one finding the end included, which for 1 MiB reads was ~110 MiB of garbage per dump for a few hundred KiB
+ * of data.
+ */
+function readImage(path: string, size: number): ByteSource {
+  if (size > IMAGE_READ_BYTES) return createReadStream(path, { highWaterMark: IMAGE_READ_BYTES });
+  return (async function* () {
+    yield await readFile(path);
+  })();
+}
+
+/** CRIU names the images of process memory pages-<id>.img. */
+const CRIU_PAGES_IMAGE = /^pages-\d+\.img$/;
+const IMAGE_READ_BYTES = 1024 * 1024;
 
 /** A dump waiting in local staging to be replicated: the container already runs again (or is stopped). */
 export interface StagedSnapshot {
@@ -54,8 +72,15 @@ export async function dumpToStaging(options: DumpOptions): Promise<StagedSnapsho
     const dump = await runtime.checkpoint(container, join(dir, IMAGES), { stop: options.stop ?? false });
     const exported = await runtime.exportFiles(container);
     const images = (await readdir(dump.imagesDir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name).sort();
+    const sizes = await Promise.all(images.map(async (name) => (await stat(join(dump.imagesDir, name))).size));
     const sources: SnapshotSource[] = [
-      ...images.map((name) => ({ path: `${IMAGES}/${name}`, mode: 0o600, open: () => createReadStream(join(dump.imagesDir, name)) })),
+      ...images.map((name, i) => ({
+        path: `${IMAGES}/${name}`,
+        mode: 0o600,
+        open: () => readImage(join(dump.imagesDir, name), sizes[i]!),
+        // CRIU's pages images hold memory pages end to end (their layout is in the pagemap images).
+        chunking: CRIU_PAGES_IMAGE.test(name) ? ('pages' as const) : ('bytes' as const),
+      })),
       { path: CONFIG, mode: 0o640, open: () => [exported.config] },
       { path: ROOTFS_TAR, mode: 0o600, open: () => exported.openRootfsTar() },
     ];

@@ -8,6 +8,7 @@ import {
   type ByteSource,
   type ChunkerOptions,
   GEAR_TABLE,
+  PAGE_ALIGNMENT,
   chunkStream,
   compileChunkerOptions,
   hashedChunks,
@@ -207,6 +208,84 @@ describe('chunk boundaries against the reference FastCDC', () => {
       expect(expected.length, `seed ${seed}`).toBeGreaterThan(3);
       expect(await offsetsOf([data], options), `seed ${seed}, one buffer`).toEqual(expected);
       expect(await offsetsOf(inPieces(data, [1, 313, 64 * KiB, 7, 4095, 100_003]), options), `seed ${seed}, pieces`).toEqual(expected);
+    }
+  });
+});
+
+/** Aligned chunking by its definition: FastCDC's rule tested only at aligned lengths, on the 32 bytes before each. */
+function referenceAlignedEnds(data: Uint8Array, options: Required<ChunkerOptions>): number[] {
+  const bits = Math.log2(options.averageSize / options.alignment);
+  const maskBelow = (~0 << (32 - (bits + 2))) | 0;
+  const maskAbove = (~0 << (32 - (bits - 2))) | 0;
+  const ends: number[] = [];
+  for (let start = 0; start < data.length; ) {
+    let end = Math.min(data.length, start + options.maxSize);
+    for (let length = options.minSize + options.alignment; length < options.maxSize && start + length <= data.length; length += options.alignment) {
+      let hash = 0;
+      for (let i = start + length - 32; i < start + length; i++) hash = ((hash << 1) + GEAR_TABLE[data[i]!]!) | 0;
+      if ((hash & (length <= options.averageSize ? maskBelow : maskAbove)) === 0) {
+        end = start + length;
+        break;
+      }
+    }
+    ends.push(end);
+    start = end;
+  }
+  return ends;
+}
+
+describe('aligned chunking (CRIU pages images)', () => {
+  const PAGES: Required<ChunkerOptions> = { ...DEFAULT_CHUNKER_OPTIONS, alignment: PAGE_ALIGNMENT };
+  const SMALL_ALIGNED: Required<ChunkerOptions> = { minSize: 4 * KiB, averageSize: 16 * KiB, maxSize: 64 * KiB, alignment: 512 };
+  const ends = async (source: ByteSource, options: ChunkerOptions) => {
+    let offset = 0;
+    const out: number[] = [];
+    for await (const chunk of chunkStream(source, options)) out.push((offset += chunk.length));
+    return out;
+  };
+
+  it.each([
+    ['small sizes', SMALL_ALIGNED],
+    ['default sizes, 4 KiB pages', PAGES],
+  ])('cuts at aligned offsets only, as the rule says, however the input is split (%s)', async (_name, options) => {
+    const size = options.maxSize * 8;
+    for (const data of [pseudoRandom(size, 31), Buffer.from(pseudoRandom((size * 3) / 4, 32).toString('base64')), Buffer.alloc(size)]) {
+      const expected = referenceAlignedEnds(data, options);
+      expect(expected.slice(0, -1).every((end) => end % options.alignment === 0)).toBe(true);
+      expect(await ends([data], options)).toEqual(expected);
+      expect(await ends(inPieces(data, [1, 313, 64 * KiB, 7, 4095, 100_003]), options)).toEqual(expected);
+      expect(await ends(Readable.from(inPieces(data, [MiB])), options)).toEqual(expected);
+    }
+  });
+
+  it('keeps the mean chunk size near the target', async () => {
+    const data = pseudoRandom(64 * MiB, 33);
+    const count = (await ends([data], PAGES)).length;
+    expect(data.length / count).toBeGreaterThan(0.8 * MiB);
+    expect(data.length / count).toBeLessThan(1.6 * MiB);
+  });
+
+  it('changes only the chunks around inserted and rewritten pages (32 MiB)', async () => {
+    const original = pseudoRandom(32 * MiB, 34);
+    const page = (n: number) => n * PAGE_ALIGNMENT;
+    const edited = Buffer.concat([
+      original.subarray(0, page(1000)),
+      pseudoRandom(page(3), 35), // three pages mapped in
+      original.subarray(page(1000), page(5000)),
+      pseudoRandom(page(1), 36), // one page rewritten
+      original.subarray(page(5001)),
+    ]);
+    const before = new Set((await collect(inPieces(original, [MiB]), PAGES)).map(sha256));
+    const after = (await collect(inPieces(edited, [MiB]), PAGES)).map(sha256);
+    expect(before.size).toBeGreaterThan(20);
+    const changed = after.filter((hash) => !before.has(hash));
+    expect(changed.length).toBeGreaterThanOrEqual(2);
+    expect(changed.length).toBeLessThanOrEqual(5);
+  });
+
+  it('refuses an alignment that is not a power of two dividing the sizes', () => {
+    for (const alignment of [0, 3, 3000, 256 * KiB]) {
+      expect(() => compileChunkerOptions({ alignment })).toThrow(InvalidArgumentError);
     }
   });
 });

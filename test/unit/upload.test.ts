@@ -95,8 +95,8 @@ describe('uploadSnapshot', () => {
     });
     expect(storedAt).toBeLessThan(commitAt);
     expect(commitAt).toBe(store.events.length - 1);
-    // Groups of at most `concurrency` (4) chunks, one registration each.
-    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(4);
+    // Groups of at most `registrationGroup` (default 12) chunks, one registration each.
+    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(12);
     expect(result.uploadedChunks).toBe(store.data.size);
     expect(result.logicalBytes).toBe(data.length);
     const manifest = decodeManifest(store.committed!);
@@ -104,6 +104,23 @@ describe('uploadSnapshot', () => {
     expect(Buffer.concat(manifest.files[0]!.chunks.map((c) => store.data.get(c.hash)!)).equals(data)).toBe(true);
     expect(manifest.files[0]!.size).toBe(data.length);
     expect(Object.values(manifest.compression.reasons).reduce((a, b) => a + b, 0)).toBe(result.uploadedChunks);
+  });
+
+  it("cuts a 'pages' source only at 4 KiB offsets, and a 'bytes' source anywhere", async () => {
+    const data = pseudoRandom(16 * MiB, 6);
+    const store = new MemoryStore();
+    await uploadSnapshot({
+      store: store.asStore(),
+      container: 'c',
+      sourceHost: 'h',
+      policy: new CompressionPolicy(),
+      sources: [{ ...source('images/pages-1.img', data), chunking: 'pages' }, source('rootfs.tar', data.subarray(1))],
+    });
+    const [pages, bytes] = decodeManifest(store.committed!).files;
+    expect(pages!.chunks.length).toBeGreaterThan(4);
+    expect(pages!.chunks.slice(0, -1).every((c) => c.size % (4 * KiB) === 0)).toBe(true);
+    expect(bytes!.chunks.slice(0, -1).some((c) => c.size % (4 * KiB) !== 0)).toBe(true);
+    expect(Buffer.concat(pages!.chunks.map((c) => store.data.get(c.hash)!)).equals(data)).toBe(true);
   });
 
   it('never has more than `concurrency` puts in flight, and keeps them busy', async () => {
@@ -192,7 +209,8 @@ describe('uploadSnapshot', () => {
     }
     const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [{ path: 'p', mode: 0o600, open: big }] });
     expect(result.logicalBytes).toBe(128 * MiB);
-    // Read-ahead (16 MiB) + a group, a registered group and the puts in flight (4 chunks each) + the chunk being cut.
+    // Read-ahead (8 MiB) + a group being collected (12 chunks), up to 4 + 12 chunks registered or registering, the puts
+    // in flight (4) + the chunk being cut.
     expect(maxHeld).toBeLessThan(48 * MiB);
   });
 });
