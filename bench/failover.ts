@@ -113,14 +113,26 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
       10 * 60_000,
     );
     const allRunningAt = Date.now();
-    const events = await new EventLog(client, meta, createLogger('bench', 'error')).between(new Date(killedAt - 1000), new Date());
+    // An agent writes its events right after the fact, or later if a write failed: give them a moment to land.
+    const log = new EventLog(client, meta, createLogger('bench', 'error'));
+    let events = await log.between(new Date(killedAt - 1000), new Date());
+    const restoredCount = (name: string) => events.filter((e) => e.kind === 'restore-done' && e.container === name).length;
+    for (let waited = 0; waited < 30_000 && names.some((n) => restoredCount(n) === 0); waited += 1000) {
+      await sleep(1000);
+      events = await log.between(new Date(killedAt - 1000), new Date());
+    }
     const first = (kind: string) => Math.min(...events.filter((e) => e.kind === kind).map((e) => e.at.getTime()));
     const detectedAt = first('host-down');
     const restoreStartedAt = first('restore-claimed');
     const done = events.filter((e) => e.kind === 'restore-done' && e.durationMs !== undefined);
     // Exactly once: one restore per container, and one running copy of each (checked above).
     const restoredTwice = names.filter((n) => done.filter((e) => e.container === n).length !== 1);
-    if (restoredTwice.length > 0) throw new Error(`not restored exactly once: ${restoredTwice.join(', ')}`);
+    if (restoredTwice.length > 0) {
+      const trail = events
+        .filter((e) => restoredTwice.includes(e.container ?? ''))
+        .map((e) => `${e.at.toISOString()} ${e.kind} ${e.host} ${e.container} epoch ${e.epoch ?? '-'} ${e.outcome ?? ''} ${e.detail ?? ''}`);
+      throw new Error(`not restored exactly once: ${restoredTwice.join(', ')}; their events:\n${trail.join('\n')}`);
+    }
     const perHost: Record<string, number> = {};
     for (const e of done) perHost[e.host] = (perHost[e.host] ?? 0) + 1;
     return {

@@ -43,112 +43,126 @@ function noPositionals(args: ParsedArgs): void {
   if (args.positionals.length > 0) throw new InvalidArgumentError(`unexpected argument "${args.positionals[0]}"`);
 }
 
-export const statusCommand: Command = {
+const CONNECTION_USAGE = '[--agent HOST:PORT] (TLS options | --insecure) [--json]';
+
+/**
+ * One request-response command: its arguments checked (a container name as the one positional, or none), one
+ * call to an agent, the response printed as a table or as JSON.
+ */
+function requestCommand<F extends typeof CLIENT_FLAGS, T>(spec: {
+  name: string;
+  summary: string;
+  /** Usage before the connection options. */
+  usage: string;
+  flags: F;
+  takesContainer: boolean;
+  call: (client: ClusterClient, args: ParsedArgs, container: string) => Promise<T>;
+  render: (response: T) => string;
+}): Command {
+  return {
+    name: spec.name,
+    summary: spec.summary,
+    usage: `${spec.usage}${spec.usage ? ' ' : ''}${CONNECTION_USAGE}`,
+    flags: spec.flags,
+    async run(argv) {
+      const args = parseArgs(argv, spec.flags);
+      let container = '';
+      if (spec.takesContainer) container = onePositional(args, 'container name');
+      else noPositionals(args);
+      const response = await withClient(args, (client) => spec.call(client, args, container));
+      print(args, response, () => spec.render(response));
+      return ExitCode.OK;
+    },
+  };
+}
+
+export const statusCommand = requestCommand({
   name: 'status',
   summary: 'the cluster\'s hosts: UN/DN in the answering agent\'s gossip view, containers owned',
-  usage: '[--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: '',
   flags: CLIENT_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, CLIENT_FLAGS);
-    noPositionals(args);
-    const response = await withClient(args, (c) => c.listHosts());
-    print(args, response, () =>
-      formatTable(
-        ['HOST', 'STATE', 'CONTAINERS', 'CASSANDRA', 'AGENT', 'UP SINCE'],
-        response.hosts.map((h) => [h.hostId, h.state, String(h.containers), h.cassandraAddress, h.grpcEndpoint, formatAge(h.startedAtMs)]),
-      ) + `\n(as seen by ${response.answeredBy})`,
-    );
-    return ExitCode.OK;
-  },
-};
+  takesContainer: false,
+  call: (client) => client.listHosts(),
+  render: (response) =>
+    formatTable(
+      ['HOST', 'STATE', 'CONTAINERS', 'CASSANDRA', 'AGENT', 'UP SINCE'],
+      response.hosts.map((h) => [h.hostId, h.state, String(h.containers), h.cassandraAddress, h.grpcEndpoint, formatAge(h.startedAtMs)]),
+    ) + `\n(as seen by ${response.answeredBy})`,
+});
 
-export const containersCommand: Command = {
+export const containersCommand = requestCommand({
   name: 'containers',
   summary: 'the cluster\'s containers: owner, state, last committed snapshot (version, age, size)',
-  usage: '[--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: '',
   flags: CLIENT_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, CLIENT_FLAGS);
-    noPositionals(args);
-    const response = await withClient(args, (c) => c.listContainers());
-    print(args, response, () =>
-      formatTable(
-        ['CONTAINER', 'HOST', 'STATE', 'EPOCH', 'VERSION', 'AGE', 'SIZE', 'STORED'],
-        response.containers.map((c) => [
-          c.name, c.host, c.state, String(c.epoch), c.lastVersion ? String(c.lastVersion) : '-', formatAge(c.lastCommittedAtMs),
-          c.lastVersion ? formatBytes(c.lastLogicalBytes) : '-', c.lastVersion ? formatBytes(c.lastStoredBytes) : '-',
-        ]),
-      ),
-    );
-    return ExitCode.OK;
-  },
-};
+  takesContainer: false,
+  call: (client) => client.listContainers(),
+  render: (response) =>
+    formatTable(
+      ['CONTAINER', 'HOST', 'STATE', 'EPOCH', 'VERSION', 'AGE', 'SIZE', 'STORED'],
+      response.containers.map((c) => [
+        c.name, c.host, c.state, String(c.epoch), c.lastVersion ? String(c.lastVersion) : '-', formatAge(c.lastCommittedAtMs),
+        c.lastVersion ? formatBytes(c.lastLogicalBytes) : '-', c.lastVersion ? formatBytes(c.lastStoredBytes) : '-',
+      ]),
+    ),
+});
 
-export const snapshotsCommand: Command = {
+export const snapshotsCommand = requestCommand({
   name: 'snapshots',
   summary: 'a container\'s snapshot versions, newest first',
-  usage: 'CONTAINER [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: 'CONTAINER',
   flags: CLIENT_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, CLIENT_FLAGS);
-    const container = onePositional(args, 'container name');
-    const response = await withClient(args, (c) => c.listSnapshots(container));
-    print(args, response, () =>
-      formatTable(
-        ['VERSION', 'STATE', 'FROM', 'AGE', 'SIZE', 'STORED', 'CHUNKS'],
-        response.snapshots.map((s) => [
+  takesContainer: true,
+  call: (client, _args, container) => client.listSnapshots(container),
+  render: (response) =>
+    formatTable(
+      ['VERSION', 'STATE', 'FROM', 'AGE', 'SIZE', 'STORED', 'CHUNKS'],
+      response.snapshots.map((s) => {
+        const committed = s.state === 'committed';
+        return [
           String(s.version), s.state, s.sourceHost, formatAge(s.committedAtMs || s.createdAtMs),
-          s.state === 'committed' ? formatBytes(s.logicalBytes) : '-', s.state === 'committed' ? formatBytes(s.storedBytes) : '-', s.state === 'committed' ? String(s.chunks) : '-',
-        ]),
-      ),
-    );
-    return ExitCode.OK;
-  },
-};
+          committed ? formatBytes(s.logicalBytes) : '-', committed ? formatBytes(s.storedBytes) : '-', committed ? String(s.chunks) : '-',
+        ];
+      }),
+    ),
+});
 
-export const checkpointCommand: Command = {
+export const checkpointCommand = requestCommand({
   name: 'checkpoint',
   summary: 'checkpoint a container now, on the host that owns it; returns once the version is committed',
-  usage: 'CONTAINER [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: 'CONTAINER',
   flags: CLIENT_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, CLIENT_FLAGS);
-    const container = onePositional(args, 'container name');
-    const r = await withClient(args, (c) => c.checkpoint(container));
-    print(args, r, () =>
-      `${r.container}: version ${r.version} committed by ${r.host} — frozen ${Math.round(r.freezeMs)} ms, ${Math.round(r.totalMs)} ms in all; ` +
-      `${formatBytes(r.logicalBytes)} snapshot, ${formatBytes(r.uploadedBytes)} uploaded`,
-    );
-    return ExitCode.OK;
-  },
-};
+  takesContainer: true,
+  call: (client, _args, container) => client.checkpoint(container),
+  render: (r) =>
+    `${r.container}: version ${r.version} committed by ${r.host} — frozen ${Math.round(r.freezeMs)} ms, ${Math.round(r.totalMs)} ms in all; ` +
+    `${formatBytes(r.logicalBytes)} snapshot, ${formatBytes(r.uploadedBytes)} uploaded`,
+});
 
 const MOVE_FLAGS = {
   ...CLIENT_FLAGS,
   to: { value: true, description: 'the host id to run it on' },
 } as const;
 
-function printMove(args: ParsedArgs, r: MoveResponse__Output, verb: string): void {
-  print(args, r, () =>
+function describeMove(verb: string): (r: MoveResponse__Output) => string {
+  return (r) =>
     `${r.container}: ${verb} from ${r.fromHost} to ${r.toHost}, version ${r.version}, epoch ${r.epoch} — ` +
-    `${r.freezeMs ? `frozen ${Math.round(r.freezeMs)} ms, ` : ''}${Math.round(r.totalMs)} ms in all`,
-  );
+    `${r.freezeMs ? `frozen ${Math.round(r.freezeMs)} ms, ` : ''}${Math.round(r.totalMs)} ms in all`;
 }
 
-export const migrateCommand: Command = {
+export const migrateCommand = requestCommand({
   name: 'migrate',
   summary: 'move a running container to another host, exactly once (last checkpoint, restore there, old copy destroyed)',
-  usage: 'CONTAINER --to HOST [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: 'CONTAINER --to HOST',
   flags: MOVE_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, MOVE_FLAGS);
-    const container = onePositional(args, 'container name');
+  takesContainer: true,
+  call: (client, args, container) => {
     const to = stringFlag(args, 'to', '');
     if (!to) throw new InvalidArgumentError('--to HOST is required: the host id to move the container to');
-    printMove(args, await withClient(args, (c) => c.migrate(container, to)), 'migrated');
-    return ExitCode.OK;
+    return client.migrate(container, to);
   },
-};
+  render: describeMove('migrated'),
+});
 
 const RESTORE_FLAGS = {
   ...MOVE_FLAGS,
@@ -156,19 +170,15 @@ const RESTORE_FLAGS = {
   version: { value: true, description: 'a committed version (default: the newest)' },
 } as const;
 
-export const restoreCommand: Command = {
+export const restoreCommand = requestCommand({
   name: 'restore',
   summary: 'restore a container from a committed version (a running copy is stopped first)',
-  usage: 'CONTAINER [--version N] [--to HOST] [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: 'CONTAINER [--version N] [--to HOST]',
   flags: RESTORE_FLAGS,
-  async run(argv) {
-    const args = parseArgs(argv, RESTORE_FLAGS);
-    const container = onePositional(args, 'container name');
-    const version = intFlag(args, 'version', 0, 1, Number.MAX_SAFE_INTEGER);
-    printMove(args, await withClient(args, (c) => c.restore(container, version, stringFlag(args, 'to', ''))), 'restored');
-    return ExitCode.OK;
-  },
-};
+  takesContainer: true,
+  call: (client, args, container) => client.restore(container, intFlag(args, 'version', 0, 1, Number.MAX_SAFE_INTEGER), stringFlag(args, 'to', '')),
+  render: describeMove('restored'),
+});
 
 const EVENTS_FLAGS = {
   ...CLIENT_FLAGS,
@@ -180,7 +190,7 @@ const EVENTS_FLAGS = {
 export const eventsCommand: Command = {
   name: 'events',
   summary: 'the cluster\'s audit trail as it happens (oldest first; --follow keeps it open)',
-  usage: '[--since 1h] [--container NAME] [--follow] [--agent HOST:PORT] (TLS options | --insecure) [--json]',
+  usage: `[--since 1h] [--container NAME] [--follow] ${CONNECTION_USAGE}`,
   flags: EVENTS_FLAGS,
   async run(argv) {
     const args = parseArgs(argv, EVENTS_FLAGS);
