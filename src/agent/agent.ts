@@ -71,7 +71,7 @@ export interface AgentConfig {
    * restore then reads the whole snapshot from Cassandra).
    */
   standby?: { dir: string; intervalMs?: number } | false;
-  /** Failover: restores requested at once (default 4); how long followers wait for the leader (default 2 s). */
+  /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
 

@@ -7,7 +7,7 @@ import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
-import { downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import { RESTORE_READ, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
@@ -213,7 +213,7 @@ async function downloadLeased(options: RestoreFromStoreOptions, targetDir: strin
   const { store, container } = options;
   const holder = options.holder ?? `${hostname()}-${process.pid}-${randomUUID()}`;
   for (let attempt = 0; ; attempt++) {
-    const version = options.version ?? (await store.latestCommitted(container))?.version;
+    const version = options.version ?? (await store.latestCommitted(container, RESTORE_READ))?.version;
     // No committed version: the download reports NotFound with the container's name.
     if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);

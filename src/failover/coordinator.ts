@@ -38,7 +38,7 @@ export interface CoordinatorDeps {
   /** The gRPC client of the agent at an endpoint. */
   clientFor: (endpoint: string) => RestoreClient;
   logger: Logger;
-  /** Restores requested at once. Default 4. */
+  /** Restores requested at once. Default 8: a restore from a standby copy is mostly waits (claims, events, lxc-checkpoint -r). */
   concurrency?: number;
   /** How long one Restore call may take. Default 5 min. */
   restoreTimeoutMs?: number;
@@ -61,6 +61,8 @@ export interface FailoverOutcome {
   host?: string;
   detail?: string;
 }
+
+const DEFAULT_CONCURRENCY = 8;
 
 export class FailoverCoordinator {
   private readonly log: Logger;
@@ -132,7 +134,7 @@ export class FailoverCoordinator {
     const due = orphans.filter((o) => leader || now - this.firstSeen.get(o.container)! >= (this.deps.followerDelayMs ?? 2000));
     if (due.length === 0) return [];
     this.log.warn('restoring the containers of failed hosts', { containers: due.map((o) => o.container), leader });
-    return mapBounded(due, this.deps.concurrency ?? 4, (o) => this.failOver(o, view, hosts));
+    return mapBounded(due, this.deps.concurrency ?? DEFAULT_CONCURRENCY, (o) => this.failOver(o, view, hosts));
   }
 
   /** A failed restore is tried again after `retryMs` since its last change, so a lasting fault is not hammered. */

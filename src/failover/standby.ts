@@ -1,6 +1,6 @@
 import type { ClusterRegistry } from '../cluster/registry.ts';
 import { decodeManifest } from '../storage/manifest.ts';
-import { readVerifiedChunk } from '../storage/snapshots.ts';
+import { RESTORE_READ, readVerifiedChunk } from '../storage/snapshots.ts';
 import type { StandbyCache } from '../storage/standby-cache.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { mapBounded } from '../util/concurrency.ts';
@@ -104,7 +104,7 @@ export class StandbyPrefetcher {
   /** Copies the chunks of the newest committed version that are not here yet; the version, or undefined if unchanged. */
   private async bringUpToDate(container: string): Promise<number | undefined> {
     const { store, cache, cassandraAddress } = this.deps;
-    const record = await store.latestCommitted(container);
+    const record = await store.latestCommitted(container, RESTORE_READ);
     if (!record?.manifest || (await cache.readyVersion(container)) === record.version) return undefined;
     const manifest = decodeManifest(record.manifest);
     const have = await cache.chunkHashes(container);

@@ -5,7 +5,7 @@ import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } f
 import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
-import type { ChunkLocation, ChunkState, SnapshotStore, VersionRecord, VersionState } from './store.ts';
+import type { ChunkLocation, ChunkState, SnapshotStore, VersionReadOptions, VersionRecord, VersionState } from './store.ts';
 
 const { consistencies } = cassandra.types;
 
@@ -153,18 +153,15 @@ export class CassandraSnapshotStore implements SnapshotStore {
     );
   }
 
-  async versions(container: string): Promise<VersionRecord[]> {
-    const result = await this.readLatest(
-      `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`,
-      [container],
-      {},
-    );
+  async versions(container: string, options: VersionReadOptions = {}): Promise<VersionRecord[]> {
+    const query = `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`;
+    const result = options.oneReplica ? await this.execute(query, [container], READ) : await this.readLatest(query, [container], {});
     // Rows whose version is null are the partition's static row (only next_version), not a version.
     return result.rows.filter((row) => row['version'] !== null).map(toVersionRecord);
   }
 
-  async latestCommitted(container: string): Promise<VersionRecord | undefined> {
-    return (await this.versions(container)).find((v) => v.state === 'committed');
+  async latestCommitted(container: string, options?: VersionReadOptions): Promise<VersionRecord | undefined> {
+    return (await this.versions(container, options)).find((v) => v.state === 'committed');
   }
 
   async deleteVersion(container: string, version: number): Promise<void> {

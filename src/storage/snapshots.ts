@@ -9,7 +9,7 @@ import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, typ
 import { BusyClock, ChunkArena, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
 import type { ChunkCacheReader } from './standby-cache.ts';
-import type { ChunkLocation, SnapshotStore } from './store.ts';
+import type { ChunkLocation, SnapshotStore, VersionReadOptions } from './store.ts';
 
 /**
  * Moving a snapshot between a local directory and the store: LXCloud-CR's "compress, save in a distributed and
@@ -367,12 +367,16 @@ export interface DownloadResult {
   fromCache: number;
 }
 
-/** The committed manifest of a version (default: the newest), or a NotFound / FailedPrecondition error saying why not. */
+/** The committed manifest of a version (default: the newest), or a NotFound / FailedPrecondition error saying why not.
+ * For restores: read from one replica (a committed version is on both; see VersionReadOptions).
+ */
+export const RESTORE_READ: VersionReadOptions = { oneReplica: true };
+
 export async function committedManifest(store: Pick<SnapshotStore, 'latestCommitted' | 'versions'>, container: string, version?: number): Promise<VersionManifest> {
   const record =
     version === undefined
-      ? await store.latestCommitted(container)
-      : (await store.versions(container)).find((v) => v.version === version);
+      ? await store.latestCommitted(container, RESTORE_READ)
+      : (await store.versions(container, RESTORE_READ)).find((v) => v.version === version);
   if (!record) {
     throw new NotFoundError(version === undefined ? `${container} has no committed snapshot` : `${container} has no version ${version}`);
   }

@@ -31,6 +31,16 @@ export interface ChunkLocation {
 
 export type ChunkState = 'pending' | 'stored';
 
+export interface VersionReadOptions {
+  /**
+   * Read from one replica (the first that answers) instead of both. Enough to find committed versions, which
+   * are written to both: what restores use, since right after a host failure a Cassandra node that has not
+   * convicted the dead replica yet would make a two-replica read wait for its full timeout (5 s). Not for GC,
+   * which must also see versions only one replica holds.
+   */
+  oneReplica?: boolean;
+}
+
 export interface SnapshotStore {
   /** Creates the keyspace and tables if missing. */
   ensureSchema(): Promise<void>;
@@ -44,9 +54,9 @@ export interface SnapshotStore {
   /** Makes a version visible: called only after every chunk it references is durable. */
   commitVersion(container: string, version: number, manifest: Buffer): Promise<void>;
   /** All versions of a container, newest first, committed or not. */
-  versions(container: string): Promise<VersionRecord[]>;
+  versions(container: string, options?: VersionReadOptions): Promise<VersionRecord[]>;
   /** The newest committed version, or undefined when the container has none. */
-  latestCommitted(container: string): Promise<VersionRecord | undefined>;
+  latestCommitted(container: string, options?: VersionReadOptions): Promise<VersionRecord | undefined>;
   deleteVersion(container: string, version: number): Promise<void>;
 
   /** The container's indexed chunks by hash, pending ones included; only stored ones may be reused. */
