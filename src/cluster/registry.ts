@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import cassandra from 'cassandra-driver';
 import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from '../storage/consistency.ts';
-import { replicationMap, validateKeyspaceName, type Replication } from '../storage/schema.ts';
+import { applySchema, replicationMap, schemaAgreement, validateKeyspaceName, type Replication } from '../storage/schema.ts';
 import { InvalidArgumentError, UnavailableError } from '../util/errors.ts';
 import { eventsSchema } from './events.ts';
 
@@ -95,10 +95,12 @@ export class ClusterRegistry {
   }
 
   async ensureSchema(): Promise<void> {
-    for (const statement of registrySchema(this.keyspace, this.replication)) await this.client.execute(statement);
+    const execute = (statement: string) => this.client.execute(statement);
+    const agreed = schemaAgreement(this.client);
+    await applySchema(execute, agreed, registrySchema(this.keyspace, this.replication));
     // Columns added since the table was first created (CREATE IF NOT EXISTS leaves an existing table as it was).
     const events = await this.client.metadata.getTable(this.keyspace, 'events');
-    if (events && !events.columnsByName['bytes']) await this.client.execute(`ALTER TABLE ${this.keyspace}.events ADD bytes bigint`);
+    if (events && !events.columnsByName['bytes']) await applySchema(execute, agreed, [`ALTER TABLE ${this.keyspace}.events ADD bytes bigint`]);
   }
 
   async registerHost(host: HostRecord): Promise<void> {

@@ -4,7 +4,7 @@ import { Semaphore } from '../util/concurrency.ts';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
 import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
-import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, snapshotSchema, type Replication } from './schema.ts';
+import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, applySchema, schemaAgreement, snapshotSchema, type Replication } from './schema.ts';
 import type { ChunkLocation, ChunkState, SnapshotStore, VersionReadOptions, VersionRecord, VersionState } from './store.ts';
 
 const { consistencies } = cassandra.types;
@@ -75,8 +75,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async ensureSchema(): Promise<void> {
-    // The driver waits for schema agreement after each DDL statement before returning.
-    for (const statement of snapshotSchema(this.keyspace, this.replication)) await this.execute(statement, [], {});
+    await applySchema((statement) => this.execute(statement, [], {}), schemaAgreement(this.client), snapshotSchema(this.keyspace, this.replication));
     await this.client.metadata.refreshKeyspace(this.keyspace);
   }
 

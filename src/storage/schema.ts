@@ -1,3 +1,4 @@
+import type cassandra from 'cassandra-driver';
 import { InvalidArgumentError } from '../util/errors.ts';
 
 /**
@@ -77,4 +78,37 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
       PRIMARY KEY (container, version, holder)
     )`,
   ];
+}
+
+/** What a node answers to DDL that refers to a keyspace or table it has not heard of yet. */
+const SCHEMA_NOT_YET_PROPAGATED = /non existing keyspace|unconfigured (columnfamily|table)|keyspace \S+ does not exist/i;
+const SCHEMA_ATTEMPTS = 6;
+
+/**
+ * Runs DDL statements in order. The driver waits (up to 10 s) for schema agreement after each one, but on a
+ * loaded ring, or right after a node restarted, agreement can time out, and the next statement then reaches a
+ * node that has not seen the keyspace yet ("Cannot add column family ... to non existing keyspace"). Such a
+ * statement is retried once the nodes agree. Every statement is idempotent (IF NOT EXISTS).
+ */
+export async function applySchema(execute: (statement: string) => Promise<unknown>, checkAgreement: () => Promise<boolean>, statements: readonly string[]): Promise<void> {
+  for (const statement of statements) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await execute(statement);
+        break;
+      } catch (err) {
+        if (attempt >= SCHEMA_ATTEMPTS || !(err instanceof Error) || !SCHEMA_NOT_YET_PROPAGATED.test(err.message)) throw err;
+        for (let waited = 0; waited < 10 && !(await checkAgreement().catch(() => false)); waited++) await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+}
+
+/**
+ * Whether every node reports the same schema version. The driver has this (Metadata.checkSchemaAgreement, since
+ * 4.x) but its type declarations leave it out.
+ */
+export function schemaAgreement(client: cassandra.Client): () => Promise<boolean> {
+  const metadata = client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
+  return () => metadata.checkSchemaAgreement();
 }
