@@ -54,14 +54,19 @@ export interface AgentServer {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** The problems of a request's container name: none, or the one that makes LXC refuse it. */
+function containerNameProblems(container: string): string[] {
+  try {
+    validateContainerName(container);
+    return [];
+  } catch (err) {
+    return [errorMessage(err)];
+  }
+}
+
 /** Checks a Restore request's fields; every problem is named, not just the first. */
 export function validateRestoreRequest(request: RestoreRequest__Output): ValidRestoreRequest {
-  const problems: string[] = [];
-  try {
-    validateContainerName(request.container);
-  } catch (err) {
-    problems.push(errorMessage(err));
-  }
+  const problems = containerNameProblems(request.container);
   for (const [field, value] of [['version', request.version], ['expected_epoch', request.expectedEpoch]] as const) {
     if (!Number.isSafeInteger(value) || value < 0) problems.push(`${field} must be a non-negative integer, got ${value}`);
   }
@@ -77,12 +82,7 @@ export function validateRestoreRequest(request: RestoreRequest__Output): ValidRe
 
 /** Checks a Handoff request's fields; every problem is named. */
 export function validateHandoffRequest(request: HandoffRequest__Output): ValidHandoffRequest {
-  const problems: string[] = [];
-  try {
-    validateContainerName(request.container);
-  } catch (err) {
-    problems.push(errorMessage(err));
-  }
+  const problems = containerNameProblems(request.container);
   if (!Number.isSafeInteger(request.expectedEpoch) || request.expectedEpoch < 1) problems.push(`expected_epoch must be a positive integer, got ${request.expectedEpoch}`);
   if (problems.length > 0) throw new InvalidArgumentError(`invalid Handoff request: ${problems.join('; ')}`);
   return { container: request.container, expectedEpoch: request.expectedEpoch, checkpoint: request.checkpoint, requestedBy: request.requestedBy };
