@@ -82,6 +82,13 @@ describe('the agent gRPC API (lxcr.v1.AgentService and grpc.health.v1)', () => {
     }
   });
 
+  it('passes a valid Handoff through, and refuses one without an epoch or with a bad name, naming both', async () => {
+    expect(await client.handOff({ container: 'web-1', expectedEpoch: 2, checkpoint: true, requestedBy: 'host3' }, 5000)).toEqual({ container: 'web-1', version: 9, epoch: 2, freezeMs: 0 });
+    const refused = await client.handOff({ container: '../etc', expectedEpoch: 0 }, 5000).catch((e: unknown) => e);
+    expect((refused as CodedError).code).toBe('INVALID_ARGUMENT');
+    expect(String(refused)).toMatch(/invalid Handoff request: invalid container name .*; expected_epoch must be a positive integer, got 0/);
+  });
+
   it('has generated types in step with proto/', () => {
     expect(() => execFileSync(process.execPath, ['scripts/gen-proto.mjs', '--check'], { stdio: 'pipe' })).not.toThrow();
   });
