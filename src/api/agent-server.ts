@@ -1,5 +1,4 @@
 import * as grpc from '@grpc/grpc-js';
-import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { AgentServiceHandlers } from './generated/lxcr/v1/AgentService.ts';
@@ -11,6 +10,7 @@ import { HealthService } from './health.ts';
 import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, healthProto } from './proto.ts';
 import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
 import { unaryHandler, type RefusalListener } from './unary.ts';
+import { containerNameProblems } from './validation.ts';
 
 /** What the agent does for the calls of other agents; the API layer only validates, calls and maps errors. */
 export interface AgentOperations {
@@ -54,15 +54,6 @@ export interface AgentServer {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** The problems of a request's container name: none, or the one that makes LXC refuse it. */
-function containerNameProblems(container: string): string[] {
-  try {
-    validateContainerName(container);
-    return [];
-  } catch (err) {
-    return [errorMessage(err)];
-  }
-}
 
 /** Checks a Restore request's fields; every problem is named, not just the first. */
 export function validateRestoreRequest(request: RestoreRequest__Output): ValidRestoreRequest {

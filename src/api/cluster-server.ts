@@ -1,18 +1,17 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { RecordedEvent } from '../cluster/events.ts';
-import { validateHostId } from '../cluster/registry.ts';
-import { validateContainerName } from '../runtime/lxc.ts';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
 import type { CheckpointResponse } from './generated/lxcr/v1/CheckpointResponse.ts';
 import type { ClusterServiceHandlers } from './generated/lxcr/v1/ClusterService.ts';
+import type { Event } from './generated/lxcr/v1/Event.ts';
 import type { ListContainersResponse } from './generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse } from './generated/lxcr/v1/MoveResponse.ts';
+import type { StreamEventsRequest__Output } from './generated/lxcr/v1/StreamEventsRequest.ts';
 import { toServiceError } from './status.ts';
 import { unaryHandler, type HandlerContext } from './unary.ts';
-import type { Event } from './generated/lxcr/v1/Event.ts';
-import type { StreamEventsRequest__Output } from './generated/lxcr/v1/StreamEventsRequest.ts';
+import { requireContainerName, requireHostId } from './validation.ts';
 
 /** What the agent does for the public API's calls; this layer only validates, calls and maps errors. */
 export interface ClusterOperations {
@@ -84,25 +83,7 @@ function toWireEvent(e: RecordedEvent): Event {
   };
 }
 
-/** A request's host id, checked like the registry checks it. */
-function requireHostId(call: string, field: string, hostId: string): string {
-  if (!hostId) throw new InvalidArgumentError(`invalid ${call} request: ${field} is required`);
-  try {
-    validateHostId(hostId);
-  } catch (err) {
-    throw new InvalidArgumentError(`invalid ${call} request: ${field}: ${errorMessage(err)}`);
-  }
-  return hostId;
-}
 
-/** A request's container name, checked: an INVALID_ARGUMENT error names the call and what is wrong. */
-export function requireContainerName(call: string, name: unknown): string {
-  try {
-    return validateContainerName(name);
-  } catch (err) {
-    throw new InvalidArgumentError(`invalid ${call} request: ${errorMessage(err)}`);
-  }
-}
 
 export function clusterHandlers(operations: ClusterOperations, context: HandlerContext): ClusterServiceHandlers {
   return {

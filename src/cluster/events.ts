@@ -159,25 +159,25 @@ export class EventLog {
 
   /** A container's events in [from, to], newest first (its day partitions). */
   async ofContainer(container: string, from: Date, to: Date): Promise<RecordedEvent[]> {
-    const events: RecordedEvent[] = [];
-    for (let day = new Date(to); eventDay(day) >= eventDay(from); day = new Date(day.getTime() - 86_400_000)) {
-      const result = await this.client.execute(
-        `SELECT at, kind, host, epoch, version, duration_ms, bytes, outcome, detail FROM ${this.keyspace}.events_by_container WHERE container = ? AND day = ? AND at >= ? AND at <= ?`,
-        [container, eventDay(day), TimeUuid.min(from, 0), TimeUuid.max(to, 9999)],
-        { prepare: true, consistency: consistencies.quorum },
-      );
-      for (const row of result.rows) events.push({ ...toEvent(row), container });
-    }
-    return events;
+    const partitions: unknown[][] = [];
+    for (let day = new Date(to); eventDay(day) >= eventDay(from); day = new Date(day.getTime() - 86_400_000)) partitions.push([container, eventDay(day)]);
+    return this.read('events_by_container', 'container = ? AND day = ?', partitions, from, to);
   }
 
   /** Events of the hour buckets covering [from, to], newest first. */
   async between(from: Date, to: Date): Promise<RecordedEvent[]> {
+    const partitions: unknown[][] = [];
+    for (let hour = new Date(to); hour.getTime() >= from.getTime() - 3600_000; hour = new Date(hour.getTime() - 3600_000)) partitions.push([eventBucket(hour)]);
+    return this.read('events', 'bucket = ?', partitions, from, to);
+  }
+
+  /** The events in [from, to] of each partition (given by its key values, in `keyWhere`'s order), in that order. */
+  private async read(table: string, keyWhere: string, partitions: readonly unknown[][], from: Date, to: Date): Promise<RecordedEvent[]> {
     const events: RecordedEvent[] = [];
-    for (let hour = new Date(to); hour.getTime() >= from.getTime() - 3600_000; hour = new Date(hour.getTime() - 3600_000)) {
+    for (const key of partitions) {
       const result = await this.client.execute(
-        `SELECT at, kind, host, container, epoch, version, duration_ms, bytes, outcome, detail FROM ${this.keyspace}.events WHERE bucket = ? AND at >= ? AND at <= ?`,
-        [eventBucket(hour), TimeUuid.min(from, 0), TimeUuid.max(to, 9999)],
+        `SELECT at, kind, host, container, epoch, version, duration_ms, bytes, outcome, detail FROM ${this.keyspace}.${table} WHERE ${keyWhere} AND at >= ? AND at <= ?`,
+        [...key, TimeUuid.min(from, 0), TimeUuid.max(to, 9999)],
         { prepare: true, consistency: consistencies.quorum },
       );
       for (const row of result.rows) events.push(toEvent(row));

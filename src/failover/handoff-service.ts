@@ -1,4 +1,5 @@
 import type { HostSupervisor } from '../actors/host-supervisor.ts';
+import type { ValidHandoffRequest } from '../api/agent-server.ts';
 import type { HandoffResponse } from '../api/generated/lxcr/v1/HandoffResponse.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
@@ -12,13 +13,6 @@ import type { Logger } from '../util/log.ts';
  * runs on two hosts: it is stopped here before anyone may claim it.
  */
 
-export interface HandoffRequest {
-  container: string;
-  expectedEpoch: number;
-  checkpoint: boolean;
-  requestedBy: string;
-}
-
 export interface HandoffServiceDeps {
   hostId: string;
   registry: Pick<ClusterRegistry, 'ownership' | 'setState'>;
@@ -30,7 +24,7 @@ export interface HandoffServiceDeps {
 export class HandoffService {
   constructor(private readonly deps: HandoffServiceDeps) {}
 
-  async handOff(request: HandoffRequest): Promise<HandoffResponse> {
+  async handOff(request: ValidHandoffRequest): Promise<HandoffResponse> {
     const { hostId, registry } = this.deps;
     const { container, expectedEpoch } = request;
     const current = await registry.ownership(container);
