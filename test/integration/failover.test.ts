@@ -157,7 +157,12 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
       expect(owner.epoch).toBe(3); // claimed by the first candidate (2), then by the next (3)
       expect(await runningCopies(RETRIED)).toEqual([next]);
       expect(await waitForCounterAbove(testbed.host(next!), RETRIED, before - 1)).toBeGreaterThanOrEqual(before);
-      const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(Date.now() - 5 * 60_000), new Date());
+      // The target marks the container running before it records restore-done: wait for the event to land.
+      const log = new EventLog(client, META, createLogger('test', 'error'));
+      const events = await until('the restore-done event of the retried container', async () => {
+        const recent = await log.between(new Date(Date.now() - 5 * 60_000), new Date());
+        return recent.some((e) => e.kind === 'restore-done' && e.container === RETRIED) ? recent : undefined;
+      }, 30_000, 500);
       const failed = events.find((e) => e.kind === 'restore-failed' && e.container === RETRIED);
       expect(failed?.host).toBe(testbed.host(first!).hostId);
       expect(failed?.detail).toMatch(/ENOTDIR|not a directory/);
@@ -165,9 +170,10 @@ describe('failover of a killed host (Algorithm 3 over gRPC, claims fenced by epo
     } finally {
       rmSync(staging, { force: true });
       renameSync(`${staging}.aside`, staging);
+      // Host 3 comes back whatever happened above, so the next tests find the ring whole.
+      await testbed.ring.restart(FAILED);
+      await startAgent(testbed, FAILED, agentOptions);
     }
-    await testbed.ring.restart(FAILED);
-    await startAgent(testbed, FAILED, agentOptions);
     await until(`host3's stale copy of ${RETRIED} destroyed`, async () => (!(await runtimeFor(failedHost).exists(RETRIED)) ? true : undefined), 60_000);
   });
 
