@@ -7,8 +7,15 @@ import { clientFor } from '../../testcontainers/client.ts';
 import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
-/** The one testbed all integration tests share (started by global-setup.ts). */
-export const SHARED_TESTBED = { name: 'test', hosts: 3, subnet: 10 } as const;
+/**
+ * The one testbed all integration tests share (started by global-setup.ts). `LXCR_TEST_TESTBED` and
+ * `LXCR_TEST_SUBNET` move it, so that two checkouts can run their suites side by side without sharing a ring.
+ */
+export const SHARED_TESTBED = {
+  name: process.env.LXCR_TEST_TESTBED ?? 'test',
+  hosts: 3,
+  subnet: Number(process.env.LXCR_TEST_SUBNET ?? 10),
+} as const;
 
 export function sharedTestbed(): Testbed {
   return Testbed.attach(SHARED_TESTBED.name);
