@@ -68,12 +68,16 @@ export function validateSchedule(owner: string, schedule: ContainerSchedule): vo
   if (schedule.cron !== undefined && schedule.everyMs !== undefined) {
     throw new InvalidArgumentError(`checkpoint schedule of ${owner}: give either a cron expression or a period, not both`);
   }
-  if (schedule.cron !== undefined && !cron.validate(schedule.cron)) {
-    throw new InvalidArgumentError(`checkpoint schedule of ${owner}: "${schedule.cron}" is not a valid cron expression (5 fields, or 6 with seconds first)`);
-  }
+  const cronProblem = schedule.cron === undefined ? undefined : cronExpressionProblem(schedule.cron);
+  if (cronProblem !== undefined) throw new InvalidArgumentError(`checkpoint schedule of ${owner}: ${cronProblem}`);
   if (schedule.everyMs !== undefined && (!Number.isInteger(schedule.everyMs) || schedule.everyMs < MIN_PERIOD_MS)) {
     throw new InvalidArgumentError(`checkpoint period of ${owner} must be an integer of at least ${MIN_PERIOD_MS} ms, got ${schedule.everyMs}`);
   }
+}
+
+/** What is wrong with a node-cron expression, if anything. */
+export function cronExpressionProblem(expression: string): string | undefined {
+  return cron.validate(expression) ? undefined : `"${expression}" is not a valid cron expression (5 fields, or 6 with seconds first)`;
 }
 
 /** Below a second, the dump's freeze would dominate the container's run time. */

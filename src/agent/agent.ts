@@ -8,7 +8,7 @@ import { ClusterClient } from '../api/cluster-client.ts';
 import { channelCredentials, serverCredentials, type TransportSecurity } from '../api/tls.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
-import { EventLog } from '../cluster/events.ts';
+import { DEFAULT_AUDIT_TTL_DAYS, EventLog, retentionSeconds } from '../cluster/events.ts';
 import { GossipAwarePolicy } from '../cluster/gossip-aware-policy.ts';
 import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
 import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
@@ -55,6 +55,8 @@ export interface AgentConfig {
     listen: string;
     /** Mutual TLS with the cluster CA, or plaintext when asked for explicitly (a local testbed). */
     security: TransportSecurity;
+    /** A bearer token file clients must present: carried from the config; enforced by the API's authentication, not here. */
+    tokenFile?: string;
   };
   schedule?: ContainerSchedule;
   keep?: number;
@@ -71,6 +73,12 @@ export interface AgentConfig {
    * restore then reads the whole snapshot from Cassandra).
    */
   standby?: { dir: string; intervalMs?: number } | false;
+  /** The audit trail's retention: its rows expire after this many days (TTL); 0 keeps them forever. Default 90. */
+  audit?: { ttlDays: number };
+  /** The Prometheus endpoint, host:port: carried from the config; served by the metrics module, not here. */
+  metrics?: { listen: string };
+  /** Encryption at rest of chunk contents: carried from the config; applied by the storage layer, not here. */
+  encryption?: { keyFile: string };
   /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
@@ -122,7 +130,7 @@ export class Agent {
       await store.ensureSchema();
       const registry = new ClusterRegistry({ client, keyspace: config.metaKeyspace ?? DEFAULT_META_KEYSPACE, replication: config.metaReplication ?? DEFAULT_META_REPLICATION });
       await registry.ensureSchema();
-      const events = new EventLog(client, registry.keyspace, log.child('events'));
+      const events = new EventLog(client, registry.keyspace, log.child('events'), retentionSeconds(config.audit?.ttlDays ?? DEFAULT_AUDIT_TTL_DAYS));
 
       // The driver's host-down event is an early hint: re-read gossip now rather than at the next poll.
       refreshOnHostDown(client, gossip, log);

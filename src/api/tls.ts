@@ -24,12 +24,26 @@ interface TlsMaterial {
   key: Buffer;
 }
 
+function readPem(path: string): Buffer {
+  const pem = readFileSync(path);
+  if (!pem.includes('-----BEGIN ')) throw new Error('not a PEM file');
+  return pem;
+}
+
+/** Why a PEM file cannot be used (missing, unreadable, not PEM), if it cannot: for checking a config up front. */
+export function pemFileProblem(path: string): string | undefined {
+  try {
+    readPem(path);
+    return undefined;
+  } catch (err) {
+    return `${path} cannot be used: ${errorMessage(err)}`;
+  }
+}
+
 function load(files: TlsFiles): TlsMaterial {
   const read = (what: string, path: string) => {
     try {
-      const pem = readFileSync(path);
-      if (!pem.includes('-----BEGIN ')) throw new Error('not a PEM file');
-      return pem;
+      return readPem(path);
     } catch (err) {
       throw new InvalidArgumentError(`the TLS ${what} ${path} cannot be used: ${errorMessage(err)}`);
     }

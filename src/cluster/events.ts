@@ -50,7 +50,13 @@ export interface RecordedEvent extends ClusterEvent {
   at: Date;
 }
 
-export const DEFAULT_EVENT_RETENTION_S = 30 * 24 * 3600;
+/** How long the audit trail keeps a row by default (the config's audit.ttlDays). */
+export const DEFAULT_AUDIT_TTL_DAYS = 90;
+
+/** A retention in days as the rows' TTL in seconds; 0 days is Cassandra's TTL 0: no expiry. */
+export function retentionSeconds(ttlDays: number): number {
+  return ttlDays * 24 * 3600;
+}
 
 const EVENT_COLUMNS = 'kind text, host text, epoch bigint, version bigint, duration_ms double, bytes bigint, outcome text, detail text';
 
@@ -93,7 +99,8 @@ export class EventLog {
     private readonly client: cassandra.Client,
     private readonly keyspace: string,
     private readonly logger: Logger,
-    private readonly retentionSeconds = DEFAULT_EVENT_RETENTION_S,
+    /** The rows' TTL in seconds; 0: kept forever. */
+    private readonly ttlSeconds = retentionSeconds(DEFAULT_AUDIT_TTL_DAYS),
   ) {}
 
   /** Records an event; resolves when it is written or kept for later, never rejects. */
@@ -139,7 +146,7 @@ export class EventLog {
     const columns = 'kind, host, epoch, version, duration_ms, bytes, outcome, detail';
     const values = [
       event.kind, event.host, event.epoch ?? null, event.version ?? null, event.durationMs ?? null, event.bytes ?? null,
-      event.outcome ?? null, event.detail ?? null, this.retentionSeconds,
+      event.outcome ?? null, event.detail ?? null, this.ttlSeconds,
     ];
     const options = { prepare: true, consistency: consistencies.quorum };
     await this.client.execute(

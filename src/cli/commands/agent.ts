@@ -1,13 +1,17 @@
 import { Agent, type AgentConfig } from '../../agent/agent.ts';
-import { transportSecurityFromFlags } from '../../api/tls.ts';
 import { gossipViewKindFromEnv } from '../../cluster/gossip-factory.ts';
+import { toAgentConfig } from '../../config/agent-config.ts';
+import { ConfigError, loadAgentFileConfig } from '../../config/load.ts';
+import { DEFAULT_CONFIG_FILE } from '../../config/schema.ts';
 import { InvalidArgumentError } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
-import { TLS_FLAGS, intFlag, parseArgs, stringFlag, tlsFlags, type ParsedArgs } from '../args.ts';
+import { TLS_FLAGS, parseArgs, stringFlag, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { untilTerminated } from '../signals.ts';
 
+/** Every flag overrides its key of the config file (see src/config/schema.ts for which). */
 export const AGENT_FLAGS = {
+  config: { value: true, description: `the JSON config file (without any option: ${DEFAULT_CONFIG_FILE}); the options below override it` },
   'host-id': { value: true, description: 'this host\'s id in the cluster (required)' },
   lxcpath: { value: true, description: 'the host\'s LXC container directory (required)' },
   cassandra: { value: true, description: 'the local Cassandra node\'s address (required)' },
@@ -26,51 +30,37 @@ export const AGENT_FLAGS = {
   ...TLS_FLAGS,
 } as const;
 
-function required(args: ParsedArgs, name: string): string {
-  const value = stringFlag(args, name, '');
-  if (!value) throw new InvalidArgumentError(`--${name} is required`);
-  return value;
-}
-
-export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
-  const hostId = required(args, 'host-id');
-  const address = required(args, 'cassandra');
+/**
+ * The agent's configuration: defaults < the config file (--config; the default file when no option is given at
+ * all) < the LXCR_* environment < the flags. Throws ConfigError listing every problem.
+ */
+export function agentConfigFromArgs(args: ParsedArgs, env: NodeJS.ProcessEnv = process.env): AgentConfig {
   if (args.flags.get('no-standby') === true && args.flags.has('standby-dir')) {
     throw new InvalidArgumentError('--no-standby and --standby-dir contradict each other: give one of them');
   }
-  const every = args.flags.has('every') ? intFlag(args, 'every', 0, 1, 86_400) : undefined;
-  const cron = stringFlag(args, 'cron', '') || undefined;
-  return {
-    hostId,
-    lxcpath: required(args, 'lxcpath'),
-    stagingDir: stringFlag(args, 'staging', `/var/tmp/lxcr-staging/${hostId}`),
-    standby: args.flags.get('no-standby') === true ? false : { dir: stringFlag(args, 'standby-dir', `/var/lib/lxcr/standby/${hostId}`) },
-    cassandra: {
-      address,
-      contactPoints: stringFlag(args, 'contact-points', '').split(',').filter(Boolean),
-      jmxPort: intFlag(args, 'jmx-port', 7199, 1, 65_535),
-    },
-    grpc: { listen: stringFlag(args, 'listen', `${address}:7500`), security: transportSecurityFromFlags(tlsFlags(args), 'the agent') },
-    schedule: cron !== undefined ? { cron } : every !== undefined ? { everyMs: every * 1000 } : {},
-    keep: intFlag(args, 'keep', 2, 1, 1000),
-    gossip: { kind: gossipViewKindFromEnv() },
-    snapshotKeyspace: stringFlag(args, 'snapshot-keyspace', '') || undefined,
-    metaKeyspace: stringFlag(args, 'meta-keyspace', '') || undefined,
-    metaReplication: { class: 'SimpleStrategy', replicationFactor: intFlag(args, 'meta-rf', 3, 1, 9) },
-  };
+  if (args.positionals.length > 0) throw new InvalidArgumentError(`lxcr agent takes no arguments, got "${args.positionals.join(' ')}"`);
+  const file = args.flags.size === 0 ? DEFAULT_CONFIG_FILE : stringFlag(args, 'config', '') || undefined;
+  return toAgentConfig(loadAgentFileConfig({ file, env, flags: args.flags }), gossipViewKindFromEnv());
 }
 
 /**
  * `lxcr agent`: the daemon, one per host. It prints one JSON line `{"ready":…}` on stdout once it serves, and
- * stops gracefully on SIGTERM or SIGINT.
+ * stops gracefully on SIGTERM or SIGINT. An invalid configuration is reported whole, and nothing starts.
  */
 export const agentCommand: Command = {
   name: 'agent',
   summary: 'run the agent daemon of this host (supervision, checkpoints, failover)',
-  usage: '--host-id ID --lxcpath DIR --cassandra ADDRESS (--tls-ca F --tls-cert F --tls-key F | --insecure) [options]',
+  usage: '[--config FILE] [--host-id ID --lxcpath DIR --cassandra ADDRESS (--tls-ca F --tls-cert F --tls-key F | --insecure)] [options]',
   flags: AGENT_FLAGS,
   async run(argv) {
-    const config = agentConfigFromArgs(parseArgs(argv, AGENT_FLAGS));
+    let config: AgentConfig;
+    try {
+      config = agentConfigFromArgs(parseArgs(argv, AGENT_FLAGS));
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`lxcr agent: not started: ${err.message}\n`);
+      return ExitCode.USAGE;
+    }
     const logger = createLogger('lxcr-agent');
     const agent = await Agent.start(config, logger);
     process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
