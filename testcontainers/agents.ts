@@ -38,6 +38,8 @@ export interface TestbedAgent {
   pid: number;
   grpcEndpoint: string;
   logFile: string;
+  /** Resolves when the process exits: its exit code, or the signal that ended it. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
 function hostDir(testbed: Testbed, index: number): string {
@@ -47,6 +49,11 @@ function hostDir(testbed: Testbed, index: number): string {
 /** Where the agent of host `index` keeps its standby copies. */
 export function standbyDir(testbed: Testbed, index: number): string {
   return join(hostDir(testbed, index), 'standby');
+}
+
+/** Where the agent of host `index` stages its dumps and downloads. */
+export function agentStagingDir(testbed: Testbed, index: number): string {
+  return join(hostDir(testbed, index), 'staging');
 }
 
 export function agentPidFile(testbed: Testbed, index: number): string {
@@ -67,7 +74,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   const args = [
     LXCR, 'agent', '--host-id', host.hostId, '--lxcpath', host.lxcpath, '--cassandra', host.address,
     '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
-    '--staging', join(dir, 'staging'), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
+    '--staging', agentStagingDir(testbed, index), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
     '--meta-rf', String(Math.min(3, testbed.hosts.length)),
     ...(options.tls ? ['--tls-ca', options.tls.ca, '--tls-cert', options.tls.cert, '--tls-key', options.tls.key] : ['--insecure']),
     ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
@@ -78,6 +85,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   if (pid === undefined) throw new TestbedError(`could not start the agent of ${host.hostId}`);
   writeFileSync(agentPidFile(testbed, index), String(pid));
   killOnExit(pid, agentMarker(testbed, index));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const log = createWriteStream(logFile, { flags: 'a' });
   child.stderr.pipe(log);
   const grpcEndpoint = await new Promise<string>((resolve, reject) => {
@@ -100,7 +108,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     throw err;
   });
   child.stdout.resume();
-  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint, logFile };
+  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint, logFile, exited };
 }
 
 function tail(file: string, lines = 20): string {

@@ -5,7 +5,7 @@ import type { EventLog } from '../cluster/events.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { GcReport } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import { InvalidArgumentError, UnavailableError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import type { GarbageCollectorMessage } from './garbage-collector.ts';
 import type { ReplicatorMessage } from './replicator.ts';
@@ -54,6 +54,8 @@ export interface ContainerActorDeps {
   logger: Logger;
   /** The audit trail: each checkpoint committed or failed, and what GC collected. */
   events?: Pick<EventLog, 'record'>;
+  /** Aborted when the agent stops and gives up waiting for the uploads in flight. */
+  stopping?: AbortSignal;
 }
 
 export interface ContainerSchedule {
@@ -114,6 +116,8 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   };
 
   const dumpAndReplicate = async (stop: boolean): Promise<CheckpointOutcome> => {
+    // The agent is stopping and gave up waiting: a checkpoint still queued would freeze the container for nothing.
+    if (deps.stopping?.aborted) throw new UnavailableError(`checkpoint of ${container} not started: ${errorMessage(deps.stopping.reason)}`);
     const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir, stop });
     try {
       const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`).catch(

@@ -4,7 +4,7 @@ import type { ContainerRuntime, ContainerState } from '../runtime/runtime.ts';
 import { CompressionPolicy } from '../storage/codec.ts';
 import { DEFAULT_KEEP } from '../storage/gc.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { NotFoundError, errorMessage } from '../util/errors.ts';
+import { NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 import { spawnContainerActor, validateSchedule, type CheckpointOutcome, type ContainerActor, type ContainerActorDeps, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
 import { spawnGarbageCollector } from './garbage-collector.ts';
@@ -84,6 +84,8 @@ export class HostSupervisor {
   private readonly lastStates = new Map<string, SupervisedState>();
   private readonly poller: NodeJS.Timeout;
   private readonly log: Logger;
+  /** Aborted when a stop gives up waiting for the uploads in flight: they then end without committing. */
+  private readonly shutdown = new AbortController();
 
   constructor(private readonly options: HostSupervisorOptions) {
     this.log = options.logger.child(options.hostId);
@@ -93,11 +95,13 @@ export class HostSupervisor {
     const guard = options.ownership;
     const replicator = spawnReplicator(this.system, {
       store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log, fence: guard && ((container) => guard.checkStillOwner(container)),
+      signal: this.shutdown.signal,
     });
     const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
     const deps: ContainerActorDeps = {
       runtime: options.runtime, store: options.store, replicator, garbageCollector, hostId: options.hostId,
       stagingDir: options.stagingDir, replicationTimeoutMs: options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, logger: this.log, events: options.events,
+      stopping: this.shutdown.signal,
     };
     this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
       this.system,
@@ -270,20 +274,30 @@ export class HostSupervisor {
   }
 
   /**
-   * Stops supervising: no new checkpoint is scheduled, the steps already queued (a checkpoint's upload, a
-   * recovery) are waited for up to `drainTimeoutMs`, then the actors stop. A step still running after that
-   * is abandoned; an abandoned upload never commits.
+   * Stops supervising: no new checkpoint is scheduled, and the steps already queued (a checkpoint's upload, a
+   * recovery) are waited for up to `drainTimeoutMs`. Uploads still running then are aborted: they end without
+   * committing (their version stays invisible until GC collects it) and their staged dumps are removed, which
+   * is waited for up to `abortGraceMs` more; a checkpoint not yet dumped is not started. Then the actors stop.
    */
-  async stop(drainTimeoutMs = 60_000): Promise<void> {
+  async stop(drainTimeoutMs = 60_000, abortGraceMs = 15_000): Promise<void> {
     clearInterval(this.poller);
     for (const actor of this.containers.values()) actor.stopSchedule();
-    await Promise.all(
-      [...this.containers].map(([name, actor]) =>
-        ask(actor.ref, (replyTo) => ({ type: 'drain' as const, replyTo }), drainTimeoutMs, `shutdown of ${name}'s actor`).catch((err: unknown) => {
-          this.log.warn('stopping with a step still running', { container: name, error: errorMessage(err) });
-        }),
-      ),
-    );
+    const drain = (actors: ReadonlyArray<[string, ContainerActor]>, timeoutMs: number) =>
+      Promise.all(
+        actors.map(([name, actor]) =>
+          ask(actor.ref, (replyTo) => ({ type: 'drain' as const, replyTo }), timeoutMs, `shutdown of ${name}'s actor`).then(
+            () => undefined,
+            (err: unknown) => ({ name, actor, error: errorMessage(err) }),
+          ),
+        ),
+      ).then((results) => results.filter((r) => r !== undefined));
+    let busy = await drain([...this.containers], drainTimeoutMs);
+    if (busy.length > 0) {
+      this.log.warn('aborting the uploads still running after the drain bound', { containers: busy.map((b) => b.name), drainTimeoutMs });
+      this.shutdown.abort(new UnavailableError('the agent is stopping'));
+      busy = await drain(busy.map((b) => [b.name, b.actor]), abortGraceMs);
+      for (const { name, error } of busy) this.log.warn('stopping with a step still running', { container: name, error });
+    }
     stop(this.system);
   }
 }

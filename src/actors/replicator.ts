@@ -22,6 +22,8 @@ export interface ReplicatorDeps {
   logger: Logger;
   /** Throws if this host may no longer commit a snapshot of the container (another host owns it now). */
   fence?: (container: string) => Promise<void>;
+  /** Aborts the upload in progress, and any queued after it (the agent is stopping). */
+  signal?: AbortSignal;
 }
 
 export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref<ReplicatorMessage> {
@@ -34,7 +36,7 @@ export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref
       const { fence } = deps;
       const { container } = message.staged;
       return replicateStaged(message.staged, {
-        store: deps.store, policy: deps.policy, sourceHost: deps.hostId, beforeCommit: fence && (() => fence(container)),
+        store: deps.store, policy: deps.policy, sourceHost: deps.hostId, beforeCommit: fence && (() => fence(container)), signal: deps.signal,
       });
     },
   );

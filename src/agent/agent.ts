@@ -12,6 +12,7 @@ import { DEFAULT_AUDIT_TTL_DAYS, EventLog, retentionSeconds } from '../cluster/e
 import { GossipAwarePolicy } from '../cluster/gossip-aware-policy.ts';
 import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
 import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
+import { sweepStaleStaging } from '../checkpoint/procedures.ts';
 import { AgentClusterOperations } from './cluster-operations.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
 import { FailoverCoordinator } from '../failover/coordinator.ts';
@@ -79,6 +80,11 @@ export interface AgentConfig {
   metrics?: { listen: string };
   /** Encryption at rest of chunk contents: carried from the config; applied by the storage layer, not here. */
   encryption?: { keyFile: string };
+  /**
+   * A graceful stop: how long the steps in flight (a checkpoint's upload, a recovery) may take to finish (default
+   * 60 s), then how long aborted uploads get to end (default 15 s). Within systemd's default 90 s stop timeout.
+   */
+  shutdown?: { drainMs?: number; abortGraceMs?: number };
   /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
@@ -95,6 +101,10 @@ export class Agent {
     private readonly standby: StandbyPrefetcher | undefined,
     /** Clients of other agents, closed at stop (the maps fill as peers are called). */
     private readonly peers: ReadonlyArray<ClientPool<{ close(): void }>>,
+    private readonly registry: ClusterRegistry,
+    private readonly events: EventLog,
+    /** When this run registered: its deregistration is conditional on it. */
+    private readonly startedAt: Date,
   ) {}
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
@@ -104,6 +114,9 @@ export class Agent {
     // Read first: a bad certificate file stops the agent before it starts anything.
     const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
     await mkdir(config.stagingDir, { recursive: true });
+    // What a previous run of this agent left when it was killed (a stop removes its own).
+    const swept = await sweepStaleStaging(config.stagingDir);
+    if (swept.length > 0) log.warn('removed staging left by a previous run', { entries: swept });
     const gossip = await startGossipView({
       kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
     });
@@ -163,7 +176,8 @@ export class Agent {
         operations: { restore: (request) => restoreService.restore(request), handOff: (request) => handoffService.handOff(request) },
       });
       cleanups.push(() => server.stop());
-      await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt: new Date() });
+      const startedAt = new Date();
+      await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt });
 
       const coordinator = new FailoverCoordinator({
         hostId: config.hostId, gossip, registry, store, events, logger: log,
@@ -176,7 +190,7 @@ export class Agent {
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [agentPeers, clusterPeers]);
+      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [agentPeers, clusterPeers], registry, events, startedAt);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -184,16 +198,37 @@ export class Agent {
     }
   }
 
-  /** Stops taking requests, lets in-flight steps finish (bounded), then closes everything. */
+  /**
+   * A graceful stop (SIGTERM): records in the registry that this agent is leaving, so no peer picks it as a
+   * restore target and status shows it stopped; stops taking requests; lets the steps in flight finish within
+   * `shutdown.drainMs`, then aborts the uploads still running (never committed, staging removed); then closes
+   * everything. The containers keep running: the agent supervises them, it is not their parent, and with the
+   * host's Cassandra node still UN nothing restores them elsewhere. A later start takes them up again.
+   */
   async stop(): Promise<void> {
     this.server.health.setStatus(AGENT_SERVICE_NAME, 'NOT_SERVING');
+    await this.deregister();
     await this.coordinator.stop();
     await this.standby?.stop();
-    await this.supervisor.stop();
+    await this.supervisor.stop(this.config.shutdown?.drainMs, this.config.shutdown?.abortGraceMs);
     await this.server.stop();
+    // The last events (a checkpoint committed or aborted while draining) go out before the session closes.
+    await this.events.flush();
+    if (this.events.backlog > 0) this.log.warn('audit events not written before the stop are lost', { events: this.events.backlog });
     for (const pool of this.peers) pool.closeAll();
     await this.gossip.close();
     await this.client.shutdown();
     this.log.info('agent stopped');
+  }
+
+  /** Marks this run stopped in the registry; a registry without quorum does not keep the agent from stopping. */
+  private async deregister(): Promise<void> {
+    try {
+      const applied = await this.registry.deregisterHost(this.config.hostId, this.startedAt);
+      if (!applied) this.log.warn('not deregistered: a newer run of this host registered meanwhile');
+      await this.events.record({ kind: 'agent-stopped', host: this.config.hostId, outcome: 'ok', detail: `graceful stop; running since ${this.startedAt.toISOString()}` });
+    } catch (err) {
+      this.log.warn('could not record the stop in the registry; peers see this agent as serving until it starts again', { error: errorMessage(err) });
+    }
   }
 }

@@ -102,6 +102,22 @@ export async function discardStaged(staged: StagedSnapshot): Promise<void> {
   await rm(staged.dir, { recursive: true, force: true });
 }
 
+/** A staging entry's name: `<container>.checkpoint-<pid>-<ms>` or `.restore-`; the pid is the agent's. */
+const STAGING_ENTRY = /\.(checkpoint|restore)-(\d+)-\d+$/;
+
+/**
+ * Removes the staging entries of other processes: one agent uses a staging directory, so at its start they
+ * are what a killed run left (a dump, a download). Returns their names.
+ */
+export async function sweepStaleStaging(stagingDir: string): Promise<string[]> {
+  const stale = (await readdir(stagingDir)).filter((name) => {
+    const match = STAGING_ENTRY.exec(name);
+    return match !== null && Number(match[2]) !== process.pid;
+  });
+  for (const name of stale) await rm(join(stagingDir, name), { recursive: true, force: true });
+  return stale;
+}
+
 /** Starts the container again on this host from a staged dump's images (a stopping dump that was not committed). */
 export async function restartFromStaged(runtime: ContainerRuntime, staged: StagedSnapshot): Promise<void> {
   await runtime.restore(staged.container, join(staged.dir, IMAGES));
@@ -114,6 +130,8 @@ export interface ReplicateOptions {
   sourceHost: string;
   /** Last check before the version is committed (see UploadOptions.beforeCommit). */
   beforeCommit?: () => Promise<void>;
+  /** Aborts the upload before it commits (see UploadOptions.signal). */
+  signal?: AbortSignal;
 }
 
 export interface CheckpointToStoreResult extends UploadResult {
@@ -133,6 +151,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     policy: options.policy,
     dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
     beforeCommit: options.beforeCommit,
+    signal: options.signal,
   });
   return { ...uploaded, dumpMs: staged.dumpMs };
 }

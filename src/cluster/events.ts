@@ -29,7 +29,8 @@ export type EventKind =
   | 'stale-copy-destroyed'
   | 'handed-off'
   | 'migration-done'
-  | 'migration-failed';
+  | 'migration-failed'
+  | 'agent-stopped';
 
 export interface ClusterEvent {
   kind: EventKind;

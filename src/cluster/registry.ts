@@ -32,7 +32,17 @@ export interface HostRecord {
   /** host:port of the agent's gRPC server. */
   grpcEndpoint: string;
   startedAt: Date;
+  /**
+   * serving: the agent runs (or died without a word: only gossip tells a dead host). stopped: it left gracefully
+   * (SIGTERM), at `stoppedAt`; its containers run on, unsupervised, and its Cassandra node stays up, so nothing
+   * is restored elsewhere for it, and it is no target for restores until its agent starts again. If the host
+   * itself then goes DN, its containers are restored like any failed host's.
+   */
+  agentState: AgentState;
+  stoppedAt?: Date;
 }
+
+export type AgentState = 'serving' | 'stopped';
 
 /**
  * running: the owner runs it and checkpoints it. restoring: a claim moved it to a new owner that is restoring
@@ -74,7 +84,7 @@ export function registrySchema(keyspace = DEFAULT_META_KEYSPACE, replication: Re
   return [
     `CREATE KEYSPACE IF NOT EXISTS ${keyspace} WITH replication = ${replicationMap(replication)}`,
     `CREATE TABLE IF NOT EXISTS ${keyspace}.hosts (
-      host_id text PRIMARY KEY, cassandra_address text, grpc_endpoint text, started_at timestamp
+      host_id text PRIMARY KEY, cassandra_address text, grpc_endpoint text, started_at timestamp, agent_state text, stopped_at timestamp
     )`,
     `CREATE TABLE IF NOT EXISTS ${keyspace}.ownership (
       container text PRIMARY KEY, owner text, epoch bigint, state text, updated_at timestamp
@@ -101,15 +111,35 @@ export class ClusterRegistry {
     // Columns added since the table was first created (CREATE IF NOT EXISTS leaves an existing table as it was).
     const events = await this.client.metadata.getTable(this.keyspace, 'events');
     if (events && !events.columnsByName['bytes']) await applySchema(execute, agreed, [`ALTER TABLE ${this.keyspace}.events ADD bytes bigint`]);
+    const hosts = await this.client.metadata.getTable(this.keyspace, 'hosts');
+    if (hosts && !hosts.columnsByName['agent_state']) {
+      await applySchema(execute, agreed, [`ALTER TABLE ${this.keyspace}.hosts ADD agent_state text`, `ALTER TABLE ${this.keyspace}.hosts ADD stopped_at timestamp`]);
+    }
   }
 
-  async registerHost(host: HostRecord): Promise<void> {
+  /** Records a starting agent: serving, at its gRPC endpoint, since `startedAt`. */
+  async registerHost(host: Omit<HostRecord, 'agentState' | 'stoppedAt'>): Promise<void> {
     validateHostId(host.hostId);
     await this.client.execute(
-      `INSERT INTO ${this.keyspace}.hosts (host_id, cassandra_address, grpc_endpoint, started_at) VALUES (?, ?, ?, ?)`,
-      [host.hostId, host.cassandraAddress, host.grpcEndpoint, host.startedAt],
+      `INSERT INTO ${this.keyspace}.hosts (host_id, cassandra_address, grpc_endpoint, started_at, agent_state, stopped_at) VALUES (?, ?, ?, ?, ?, ?)`,
+      [host.hostId, host.cassandraAddress, host.grpcEndpoint, host.startedAt, 'serving' satisfies AgentState, null],
       WRITE,
     );
+  }
+
+  /**
+   * Records that the agent which registered at `startedAt` left gracefully. Conditional on that start time, so a
+   * late stop of an old run never marks a newer run of the same host stopped. False if a newer run registered.
+   */
+  async deregisterHost(hostId: string, startedAt: Date, stoppedAt = new Date()): Promise<boolean> {
+    return this.withPaxosRetry(`deregistering ${hostId}`, async () => {
+      const applied = await this.client.execute(
+        `UPDATE ${this.keyspace}.hosts SET agent_state = ?, stopped_at = ? WHERE host_id = ? IF started_at = ?`,
+        ['stopped' satisfies AgentState, stoppedAt, hostId, startedAt],
+        LWT,
+      );
+      return applied.first()?.['[applied]'] === true;
+    });
   }
 
   /**
@@ -117,13 +147,20 @@ export class ClusterRegistry {
    * see what happened and report it, never used to decide a claim.
    */
   async hosts(options: { degraded?: boolean } = {}): Promise<HostRecord[]> {
-    const result = await this.readAll(`SELECT host_id, cassandra_address, grpc_endpoint, started_at FROM ${this.keyspace}.hosts`, {}, options.degraded);
-    return result.rows.map((row) => ({
-      hostId: row['host_id'] as string,
-      cassandraAddress: row['cassandra_address'] as string,
-      grpcEndpoint: row['grpc_endpoint'] as string,
-      startedAt: row['started_at'] as Date,
-    }));
+    const result = await this.readAll(`SELECT host_id, cassandra_address, grpc_endpoint, started_at, agent_state, stopped_at FROM ${this.keyspace}.hosts`, {}, options.degraded);
+    return result.rows.map((row) => {
+      const host: HostRecord = {
+        hostId: row['host_id'] as string,
+        cassandraAddress: row['cassandra_address'] as string,
+        grpcEndpoint: row['grpc_endpoint'] as string,
+        startedAt: row['started_at'] as Date,
+        // Rows written before agents deregistered have no state: their agents were serving.
+        agentState: (row['agent_state'] as AgentState | null) ?? 'serving',
+      };
+      const stoppedAt = row['stopped_at'] as Date | null;
+      if (stoppedAt !== null) host.stoppedAt = stoppedAt;
+      return host;
+    });
   }
 
   /** The container's owner as the latest committed Paxos round says (SERIAL read). */

@@ -121,7 +121,8 @@ export class FailoverCoordinator {
     const hosts = await this.deps.registry.hosts({ degraded: true });
     const down = new Set(hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'D').map((h) => h.hostId));
     await this.announce(down);
-    const live = hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'U').sort((a, b) => a.hostId.localeCompare(b.hostId));
+    // A host whose agent left gracefully is not down (its containers run on), but it leads nothing.
+    const live = hosts.filter((h) => view.get(h.cassandraAddress)?.status === 'U' && h.agentState === 'serving').sort((a, b) => a.hostId.localeCompare(b.hostId));
     if (!live.some((h) => h.hostId === this.deps.hostId)) return [];
     const leader = live[0]!.hostId === this.deps.hostId;
 
@@ -198,7 +199,8 @@ export class FailoverCoordinator {
     this.replicasNotFound.delete(container);
     let epoch = orphan.epoch;
     const failures: string[] = [];
-    for (const target of [...replicas, ...others]) {
+    // A host whose agent left gracefully cannot restore anything; its node still serves the snapshot's data.
+    for (const target of [...replicas, ...others].filter((h) => h.agentState === 'serving')) {
       await this.deps.events.record({ kind: 'restore-requested', host: this.deps.hostId, container, epoch, detail: `on ${target.hostId}, from ${orphan.owner}` });
       try {
         const response = await this.deps.clientFor(target.grpcEndpoint).restore(

@@ -57,6 +57,11 @@ export interface UploadOptions {
    * the container, so a host taken for dead that wakes up mid-upload does not commit a diverged snapshot.
    */
   beforeCommit?: () => Promise<void>;
+  /**
+   * Aborts the upload (the agent is stopping and its in-flight upload ran past the drain bound): no new chunk
+   * write starts, those in flight are waited for, and the version is never committed (GC collects it).
+   */
+  signal?: AbortSignal;
 }
 
 export interface UploadResult {
@@ -159,6 +164,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   if (!Number.isInteger(registrationGroup) || registrationGroup < 1) {
     throw new InvalidArgumentError(`registrationGroup must be a positive integer, got ${registrationGroup}`);
   }
+  if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
@@ -270,6 +276,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
         sizeOf: (p) => (p.kind === 'new' ? p.encoded.stored.length : 0),
       });
       for await (const chunk of prepared) {
+        if (options.signal?.aborted) failure ??= { error: options.signal.reason };
         if (failure) break;
         size += chunk.size;
         let location: ChunkLocation;
@@ -327,6 +334,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     },
   };
   await options.beforeCommit?.();
+  if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(options.signal.reason)}`);
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
   return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks: uploaded.length, reusedChunks };

@@ -34,7 +34,7 @@ describe('the cluster registry (keyspace RF 3, QUORUM, LWT epochs)', () => {
     await registry.registerHost({ hostId: 'host1', cassandraAddress: '127.0.10.1', grpcEndpoint: '127.0.10.1:7500', startedAt });
     await registry.registerHost({ hostId: 'host2', cassandraAddress: '127.0.10.2', grpcEndpoint: '127.0.10.2:7500', startedAt });
     const hosts = await registry.hosts();
-    expect(hosts.find((h) => h.hostId === 'host2')).toEqual({ hostId: 'host2', cassandraAddress: '127.0.10.2', grpcEndpoint: '127.0.10.2:7500', startedAt });
+    expect(hosts.find((h) => h.hostId === 'host2')).toEqual({ hostId: 'host2', cassandraAddress: '127.0.10.2', grpcEndpoint: '127.0.10.2:7500', startedAt, agentState: 'serving' });
     await expect(registry.registerHost({ hostId: '../etc', cassandraAddress: 'x', grpcEndpoint: 'x', startedAt })).rejects.toThrow(/host id/);
   });
 
@@ -75,6 +75,23 @@ describe('the cluster registry (keyspace RF 3, QUORUM, LWT epochs)', () => {
       await ring.thaw(3);
     }
     await ring.waitStatus(3, 'U', 60_000);
+  });
+
+  it('marks a host\'s agent stopped only for the run that registered at that start time', async () => {
+    const first = new Date(Math.floor(Date.now() / 1000) * 1000 - 60_000);
+    const second = new Date(first.getTime() + 30_000);
+    const record = { hostId: 'host7', cassandraAddress: '127.0.10.7', grpcEndpoint: '127.0.10.7:7500' };
+    await registry.registerHost({ ...record, startedAt: first });
+    await registry.registerHost({ ...record, startedAt: second });
+    const host7 = async () => (await registry.hosts()).find((h) => h.hostId === 'host7');
+    expect(await registry.deregisterHost('host7', first)).toBe(false); // a late stop of the older run
+    expect(await host7()).toMatchObject({ agentState: 'serving', startedAt: second });
+    const stoppedAt = new Date(second.getTime() + 1000);
+    expect(await registry.deregisterHost('host7', second, stoppedAt)).toBe(true);
+    expect(await host7()).toEqual({ ...record, startedAt: second, agentState: 'stopped', stoppedAt });
+    await registry.registerHost({ ...record, startedAt: new Date(stoppedAt.getTime() + 1000) });
+    expect((await host7())?.agentState).toBe('serving');
+    expect((await host7())?.stoppedAt).toBeUndefined();
   });
 
   it('records every event once, also when many are recorded at the same time', async () => {
