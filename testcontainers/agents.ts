@@ -30,6 +30,8 @@ export interface AgentOptions {
   standby?: boolean;
   /** Serve and call with mutual TLS using these files; default plaintext (--insecure). */
   tls?: TlsFiles;
+  /** Serve Prometheus metrics on the host's address, on a free port (--metrics-listen HOST:0). */
+  metrics?: boolean;
 }
 
 export interface TestbedAgent {
@@ -37,6 +39,8 @@ export interface TestbedAgent {
   hostId: string;
   pid: number;
   grpcEndpoint: string;
+  /** host:port of the metrics endpoint, when asked for. */
+  metricsEndpoint?: string;
   logFile: string;
 }
 
@@ -72,6 +76,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     ...(options.tls ? ['--tls-ca', options.tls.ca, '--tls-cert', options.tls.cert, '--tls-key', options.tls.key] : ['--insecure']),
     ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
     ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
+    ...(options.metrics ? ['--metrics-listen', `${host.address}:0`] : []),
   ];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
   const pid = child.pid;
@@ -80,7 +85,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   killOnExit(pid, agentMarker(testbed, index));
   const log = createWriteStream(logFile, { flags: 'a' });
   child.stderr.pipe(log);
-  const grpcEndpoint = await new Promise<string>((resolve, reject) => {
+  const ready = await new Promise<{ grpc: string; metrics?: string }>((resolve, reject) => {
     let buffered = '';
     const timer = setTimeout(() => reject(new TestbedError(`the agent of ${host.hostId} was not ready within ${options.readyTimeoutMs ?? 60_000} ms; see ${logFile}`)), options.readyTimeoutMs ?? 60_000);
     child.stdout.on('data', (data: Buffer) => {
@@ -88,7 +93,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
       const line = buffered.split('\n').find((l) => l.startsWith('{"ready"'));
       if (line) {
         clearTimeout(timer);
-        resolve((JSON.parse(line) as { ready: { grpc: string } }).ready.grpc);
+        resolve((JSON.parse(line) as { ready: { grpc: string; metrics?: string } }).ready);
       }
     });
     child.once('exit', (code, signal) => {
@@ -100,7 +105,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     throw err;
   });
   child.stdout.resume();
-  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint, logFile };
+  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint: ready.grpc, metricsEndpoint: ready.metrics, logFile };
 }
 
 function tail(file: string, lines = 20): string {

@@ -23,6 +23,8 @@ import { LxcRuntime } from '../runtime/lxc.ts';
 import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
 import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
+import { AgentMetrics } from '../metrics/agent-metrics.ts';
+import { startMetricsServer, type MetricsServer } from '../metrics/http.ts';
 import { LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -73,6 +75,11 @@ export interface AgentConfig {
   standby?: { dir: string; intervalMs?: number } | false;
   /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
+  /**
+   * The Prometheus metrics endpoint (see src/metrics/): `GET http://LISTEN/metrics`; host:port, port 0 for any free
+   * port. Absent: no endpoint.
+   */
+  metrics?: { listen: string };
 }
 
 export class Agent {
@@ -83,6 +90,8 @@ export class Agent {
     readonly gossip: GossipView,
     readonly supervisor: HostSupervisor,
     readonly server: AgentServer,
+    /** The metrics endpoint, when one was asked for. */
+    readonly metricsServer: MetricsServer | undefined,
     private readonly coordinator: FailoverCoordinator,
     private readonly standby: StandbyPrefetcher | undefined,
     /** Clients of other agents, closed at stop (the maps fill as peers are called). */
@@ -139,6 +148,16 @@ export class Agent {
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
         standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
+      const metrics = new AgentMetrics({
+        gossip: () => gossip.current(),
+        replicationQueue: () => supervisor.queueDepths().replicationQueue,
+        pendingCheckpoints: () => supervisor.queueDepths().pendingCheckpoints,
+        restoresInFlight: () => restoreService.inFlight,
+        auditBacklog: () => events.backlog,
+      });
+      events.onRecord(metrics.observe);
+      const metricsServer = config.metrics ? await startMetricsServer(config.metrics.listen, metrics.registry, log.child('metrics')) : undefined;
+      if (metricsServer) cleanups.push(() => metricsServer.stop());
       const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
       const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, credentials.peers));
       const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers));
@@ -167,8 +186,8 @@ export class Agent {
         ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
         : undefined;
       standby?.start();
-      log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [agentPeers, clusterPeers]);
+      log.info('agent started', { grpc: server.endpoint, metrics: metricsServer?.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
+      return new Agent(config, log, client, gossip, supervisor, server, metricsServer, coordinator, standby, [agentPeers, clusterPeers]);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -183,6 +202,7 @@ export class Agent {
     await this.standby?.stop();
     await this.supervisor.stop();
     await this.server.stop();
+    await this.metricsServer?.stop();
     for (const pool of this.peers) pool.closeAll();
     await this.gossip.close();
     await this.client.shutdown();

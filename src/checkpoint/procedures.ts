@@ -118,6 +118,8 @@ export interface ReplicateOptions {
 
 export interface CheckpointToStoreResult extends UploadResult {
   dumpMs: number;
+  /** Chunking, compressing, writing and committing the staged dump. */
+  uploadMs: number;
 }
 
 /**
@@ -125,6 +127,7 @@ export interface CheckpointToStoreResult extends UploadResult {
  * the container runs again: the container was frozen for the dump only.
  */
 export async function replicateStaged(staged: StagedSnapshot, options: ReplicateOptions): Promise<CheckpointToStoreResult> {
+  const started = performance.now();
   const uploaded = await uploadSnapshot({
     store: options.store,
     container: staged.container,
@@ -134,7 +137,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
     beforeCommit: options.beforeCommit,
   });
-  return { ...uploaded, dumpMs: staged.dumpMs };
+  return { ...uploaded, dumpMs: staged.dumpMs, uploadMs: performance.now() - started };
 }
 
 export type CheckpointToStoreOptions = DumpOptions & ReplicateOptions;

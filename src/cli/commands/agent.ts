@@ -3,6 +3,7 @@ import { transportSecurityFromFlags } from '../../api/tls.ts';
 import { gossipViewKindFromEnv } from '../../cluster/gossip-factory.ts';
 import { InvalidArgumentError } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
+import { parseListenAddress } from '../../metrics/http.ts';
 import { TLS_FLAGS, intFlag, parseArgs, stringFlag, tlsFlags, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { untilTerminated } from '../signals.ts';
@@ -14,6 +15,7 @@ export const AGENT_FLAGS = {
   'jmx-port': { value: true, description: 'the local node\'s JMX port, for the gossip view (default 7199)' },
   'contact-points': { value: true, description: 'more Cassandra addresses, comma-separated' },
   listen: { value: true, description: 'gRPC address host:port (default CASSANDRA:7500)' },
+  'metrics-listen': { value: true, description: 'serve Prometheus metrics at http://HOST:PORT/metrics (default: no metrics endpoint)' },
   staging: { value: true, description: 'local staging directory (default /var/tmp/lxcr-staging/HOST-ID)' },
   'standby-dir': { value: true, description: 'where standby copies of the snapshots this host would restore are kept (default /var/lib/lxcr/standby/HOST-ID)' },
   'no-standby': { value: false, description: 'keep no standby copies: a failover restore then reads the whole snapshot from Cassandra' },
@@ -40,6 +42,8 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
   }
   const every = args.flags.has('every') ? intFlag(args, 'every', 0, 1, 86_400) : undefined;
   const cron = stringFlag(args, 'cron', '') || undefined;
+  const metricsListen = stringFlag(args, 'metrics-listen', '') || undefined;
+  if (metricsListen !== undefined) parseListenAddress(metricsListen, '--metrics-listen');
   return {
     hostId,
     lxcpath: required(args, 'lxcpath'),
@@ -57,6 +61,7 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
     snapshotKeyspace: stringFlag(args, 'snapshot-keyspace', '') || undefined,
     metaKeyspace: stringFlag(args, 'meta-keyspace', '') || undefined,
     metaReplication: { class: 'SimpleStrategy', replicationFactor: intFlag(args, 'meta-rf', 3, 1, 9) },
+    ...(metricsListen !== undefined ? { metrics: { listen: metricsListen } } : {}),
   };
 }
 
@@ -73,7 +78,7 @@ export const agentCommand: Command = {
     const config = agentConfigFromArgs(parseArgs(argv, AGENT_FLAGS));
     const logger = createLogger('lxcr-agent');
     const agent = await Agent.start(config, logger);
-    process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
+    process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint, metrics: agent.metricsServer?.endpoint } })}\n`);
     await untilTerminated();
     await agent.stop();
     return ExitCode.OK;
