@@ -7,6 +7,7 @@ import type { HandoffResponse } from './generated/lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest__Output } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
 import { HealthService } from './health.ts';
+import { addReflection } from './reflection.ts';
 import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, healthProto } from './proto.ts';
 import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
 import { unaryHandler, type RefusalListener } from './unary.ts';
@@ -91,6 +92,7 @@ export async function startAgentServer(options: AgentServerOptions): Promise<Age
   server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
   if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, context));
   server.addService(healthProto.grpc.health.v1.Health.service, health.handlers);
+  addReflection(server, options.cluster !== undefined);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.address, options.credentials, (err, boundPort) => (err ? reject(err) : resolve(boundPort))),
   ).catch((err: unknown) => {
