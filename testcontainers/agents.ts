@@ -32,6 +32,8 @@ export interface AgentOptions {
   tls?: TlsFiles;
   /** Serve Prometheus metrics on the host's address, on a free port (--metrics-listen HOST:0). */
   metrics?: boolean;
+  /** Require the bearer token in this file of public API calls (--token-file). */
+  tokenFile?: string;
 }
 
 export interface TestbedAgent {
@@ -77,6 +79,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
     ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
     ...(options.metrics ? ['--metrics-listen', `${host.address}:0`] : []),
+    ...(options.tokenFile !== undefined ? ['--token-file', options.tokenFile] : []),
   ];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
   const pid = child.pid;

@@ -4,6 +4,7 @@ import { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
 import { ClientPool } from '../api/client-pool.ts';
+import { readTokenFile } from '../api/auth.ts';
 import { ClusterClient } from '../api/cluster-client.ts';
 import { channelCredentials, serverCredentials, type TransportSecurity } from '../api/tls.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
@@ -57,6 +58,12 @@ export interface AgentConfig {
     listen: string;
     /** Mutual TLS with the cluster CA, or plaintext when asked for explicitly (a local testbed). */
     security: TransportSecurity;
+    /**
+     * A file holding the cluster's bearer token: every public API (ClusterService) call must then carry
+     * `authorization: Bearer <token>`, and this agent sends it when it forwards one. Absent: the transport's
+     * authentication alone.
+     */
+    tokenFile?: string;
   };
   schedule?: ContainerSchedule;
   keep?: number;
@@ -104,6 +111,7 @@ export class Agent {
     if ('insecure' in config.grpc.security) log.warn('gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only');
     // Read first: a bad certificate file stops the agent before it starts anything.
     const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
+    const token = config.grpc.tokenFile === undefined ? undefined : readTokenFile(config.grpc.tokenFile, 'the token file');
     await mkdir(config.stagingDir, { recursive: true });
     const gossip = await startGossipView({
       kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
@@ -160,16 +168,17 @@ export class Agent {
       if (metricsServer) cleanups.push(() => metricsServer.stop());
       const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
       const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, credentials.peers));
-      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers));
+      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers, { token }));
       const cluster = new AgentClusterOperations({
         hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
       });
       const server = await startAgentServer({
-        address: config.grpc.listen, credentials: credentials.server, cluster, logger: log,
+        address: config.grpc.listen, credentials: credentials.server, cluster, logger: log, clusterToken: token,
         onRefused: (method, asked, err) =>
           void events.record({
             kind: 'request-refused', host: config.hostId, container: typeof asked['container'] === 'string' ? asked['container'] : undefined,
-            outcome: isRefusal(err) || (err instanceof LxcrError && err.code === 'INVALID_ARGUMENT') ? 'refused' : 'failed', detail: `${method}: ${errorMessage(err)}`,
+            outcome: isRefusal(err) || (err instanceof LxcrError && (err.code === 'INVALID_ARGUMENT' || err.code === 'UNAUTHENTICATED')) ? 'refused' : 'failed',
+            detail: `${method}: ${errorMessage(err)}`,
           }),
         operations: { restore: (request) => restoreService.restore(request), handOff: (request) => handoffService.handOff(request) },
       });

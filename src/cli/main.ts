@@ -27,6 +27,8 @@ export function exitCodeFor(err: unknown): number {
     case 'UNAVAILABLE':
     case 'TIMEOUT':
       return ExitCode.UNAVAILABLE;
+    case 'UNAUTHENTICATED':
+      return ExitCode.UNAUTHENTICATED;
     default:
       return ExitCode.FAILED;
   }

@@ -26,6 +26,7 @@ export const AGENT_FLAGS = {
   'snapshot-keyspace': { value: true, description: 'snapshot keyspace (default lxcr_snapshots)' },
   'meta-keyspace': { value: true, description: 'registry keyspace (default lxcr_meta)' },
   ...TLS_FLAGS,
+  'token-file': { value: true, description: 'require the bearer token in this file of every public API call (clients send it with their --token-file)' },
 } as const;
 
 function required(args: ParsedArgs, name: string): string {
@@ -43,6 +44,7 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
   const every = args.flags.has('every') ? intFlag(args, 'every', 0, 1, 86_400) : undefined;
   const cron = stringFlag(args, 'cron', '') || undefined;
   const metricsListen = stringFlag(args, 'metrics-listen', '') || undefined;
+  const tokenFile = stringFlag(args, 'token-file', '') || undefined;
   if (metricsListen !== undefined) parseListenAddress(metricsListen, '--metrics-listen');
   return {
     hostId,
@@ -54,7 +56,10 @@ export function agentConfigFromArgs(args: ParsedArgs): AgentConfig {
       contactPoints: stringFlag(args, 'contact-points', '').split(',').filter(Boolean),
       jmxPort: intFlag(args, 'jmx-port', 7199, 1, 65_535),
     },
-    grpc: { listen: stringFlag(args, 'listen', `${address}:7500`), security: transportSecurityFromFlags(tlsFlags(args), 'the agent') },
+    grpc: {
+      listen: stringFlag(args, 'listen', `${address}:7500`), security: transportSecurityFromFlags(tlsFlags(args), 'the agent'),
+      ...(tokenFile !== undefined ? { tokenFile } : {}),
+    },
     schedule: cron !== undefined ? { cron } : every !== undefined ? { everyMs: every * 1000 } : {},
     keep: intFlag(args, 'keep', 2, 1, 1000),
     gossip: { kind: gossipViewKindFromEnv() },
