@@ -76,8 +76,21 @@ describe('the metrics endpoint', () => {
     const freezesBefore = before.value('lxcr_checkpoint_freeze_seconds_count') ?? 0;
     const uploadedBefore = before.value('lxcr_checkpoint_upload_bytes_total') ?? 0;
 
-    const done = await api.checkpoint(CONTAINER);
+    // Scraped while the checkpoint runs: the owner shows it pending and its staged dump in the replicator's queue.
+    const depths = { pending: 0, replication: 0 };
+    let checkpointing = true;
+    const watching = (async () => {
+      while (checkpointing) {
+        const during = parseExposition((await scrape(agents[0]!)).text);
+        depths.pending = Math.max(depths.pending, during.value('lxcr_pending_checkpoints') ?? 0);
+        depths.replication = Math.max(depths.replication, during.value('lxcr_replication_queue_depth') ?? 0);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    const done = await api.checkpoint(CONTAINER).finally(() => (checkpointing = false));
+    await watching;
     expect(done.host).toBe('host1');
+    expect(depths).toEqual({ pending: 1, replication: 1 });
 
     const { contentType, text } = await scrape(agents[0]!);
     expect(contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
