@@ -108,7 +108,13 @@ export class Agent {
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
     validateHostId(config.hostId);
     const log = logger.child(config.hostId);
-    if ('insecure' in config.grpc.security) log.warn('gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only');
+    if ('insecure' in config.grpc.security) {
+      log.warn(
+        config.grpc.tokenFile === undefined
+          ? 'gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only'
+          : 'gRPC runs without TLS (--insecure): the bearer token crosses the network in clear, so anyone who can see the traffic can use it; use this on a local testbed only',
+      );
+    }
     // Read first: a bad certificate file stops the agent before it starts anything.
     const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
     const token = config.grpc.tokenFile === undefined ? undefined : readTokenFile(config.grpc.tokenFile, 'the token file');
