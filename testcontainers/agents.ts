@@ -30,6 +30,10 @@ export interface AgentOptions {
   standby?: boolean;
   /** Serve and call with mutual TLS using these files; default plaintext (--insecure). */
   tls?: TlsFiles;
+  /** Serve Prometheus metrics on the host's address, on a free port (--metrics-listen HOST:0). */
+  metrics?: boolean;
+  /** Require the bearer token in this file of public API calls (--token-file). */
+  tokenFile?: string;
 }
 
 export interface TestbedAgent {
@@ -37,6 +41,8 @@ export interface TestbedAgent {
   hostId: string;
   pid: number;
   grpcEndpoint: string;
+  /** host:port of the metrics endpoint, when asked for. */
+  metricsEndpoint?: string;
   logFile: string;
   /** Resolves when the process exits: its exit code, or the signal that ended it. */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -79,6 +85,8 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     ...(options.tls ? ['--tls-ca', options.tls.ca, '--tls-cert', options.tls.cert, '--tls-key', options.tls.key] : ['--insecure']),
     ...(options.standby === false ? ['--no-standby'] : ['--standby-dir', standbyDir(testbed, index)]),
     ...(options.everySeconds !== undefined ? ['--every', String(options.everySeconds)] : []),
+    ...(options.metrics ? ['--metrics-listen', `${host.address}:0`] : []),
+    ...(options.tokenFile !== undefined ? ['--token-file', options.tokenFile] : []),
   ];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
   const pid = child.pid;
@@ -88,7 +96,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const log = createWriteStream(logFile, { flags: 'a' });
   child.stderr.pipe(log);
-  const grpcEndpoint = await new Promise<string>((resolve, reject) => {
+  const ready = await new Promise<{ grpc: string; metrics?: string }>((resolve, reject) => {
     let buffered = '';
     const timer = setTimeout(() => reject(new TestbedError(`the agent of ${host.hostId} was not ready within ${options.readyTimeoutMs ?? 60_000} ms; see ${logFile}`)), options.readyTimeoutMs ?? 60_000);
     child.stdout.on('data', (data: Buffer) => {
@@ -96,7 +104,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
       const line = buffered.split('\n').find((l) => l.startsWith('{"ready"'));
       if (line) {
         clearTimeout(timer);
-        resolve((JSON.parse(line) as { ready: { grpc: string } }).ready.grpc);
+        resolve((JSON.parse(line) as { ready: { grpc: string; metrics?: string } }).ready);
       }
     });
     child.once('exit', (code, signal) => {
@@ -108,7 +116,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
     throw err;
   });
   child.stdout.resume();
-  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint, logFile, exited };
+  return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint: ready.grpc, metricsEndpoint: ready.metrics, logFile, exited };
 }
 
 function tail(file: string, lines = 20): string {

@@ -24,6 +24,7 @@ export interface CheckpointOutcome {
   uploadedBytes: number;
   logicalBytes: number;
   dumpMs: number;
+  uploadMs: number;
   gc: GcReport;
 }
 
@@ -56,6 +57,8 @@ export interface ContainerActorDeps {
   events?: Pick<EventLog, 'record'>;
   /** Aborted when the agent stops and gives up waiting for the uploads in flight. */
   stopping?: AbortSignal;
+  /** Replications asked of the replicator and not answered yet, counted across the host's containers. */
+  replicationQueue: { depth: number };
 }
 
 export interface ContainerSchedule {
@@ -87,6 +90,10 @@ const MIN_PERIOD_MS = 1000;
 
 export interface ContainerActor {
   ref: Ref<ContainerMessage>;
+  /** Asks for a checkpoint (see the 'checkpoint' message), counted in {@link pendingCheckpoints} until it ends. */
+  checkpoint(options: { stop?: boolean; timeoutMs: number; what: string }): Promise<CheckpointOutcome>;
+  /** Checkpoints asked for (scheduled or not) that have not finished: queued or running. */
+  pendingCheckpoints(): number;
   /** Stops the schedule; the actor itself stops with its parent. */
   stopSchedule(): void;
 }
@@ -101,6 +108,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
       await deps.events?.record({
         kind: 'checkpoint-committed', host: deps.hostId, container, version: outcome.version, bytes: outcome.uploadedBytes, durationMs: performance.now() - started,
         outcome: 'ok', detail: `snapshot ${outcome.logicalBytes} bytes, frozen ${Math.round(outcome.dumpMs)} ms${stop ? ', then stopped for a hand-off' : ''}`,
+        checkpoint: { freezeMs: outcome.dumpMs, logicalBytes: outcome.logicalBytes, uploadMs: outcome.uploadMs },
       });
       if (outcome.gc.deletedVersions.length > 0 || outcome.gc.deletedChunks > 0) {
         await deps.events?.record({
@@ -120,7 +128,10 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
     if (deps.stopping?.aborted) throw new UnavailableError(`checkpoint of ${container} not started: ${errorMessage(deps.stopping.reason)}`);
     const staged = await dumpToStaging({ runtime: deps.runtime, container, stagingDir: deps.stagingDir, stop });
     try {
-      const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`).catch(
+      deps.replicationQueue.depth++;
+      const result = await ask<ReplicatorMessage, CheckpointToStoreResult>(deps.replicator, (replyTo) => ({ type: 'replicate' as const, staged, replyTo }), deps.replicationTimeoutMs, `replication of ${container}`)
+        .finally(() => deps.replicationQueue.depth--)
+        .catch(
         async (err: unknown) => {
           // A stopping dump that was not committed: the container comes back here from the images just taken,
           // so a failed hand-off leaves it running where it was, as it was.
@@ -137,7 +148,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
         version: result.version, dumpMs: Math.round(result.dumpMs), uploadedBytes: result.uploadedBytes,
         logicalBytes: result.logicalBytes, gcDeletedVersions: gc.deletedVersions, gcFreedBytes: gc.freedBytes,
       });
-      return { version: result.version, uploadedBytes: result.uploadedBytes, logicalBytes: result.logicalBytes, dumpMs: result.dumpMs, gc };
+      return { version: result.version, uploadedBytes: result.uploadedBytes, logicalBytes: result.logicalBytes, dumpMs: result.dumpMs, uploadMs: result.uploadMs, gc };
     } finally {
       await discardStaged(staged);
     }
@@ -156,13 +167,19 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
 
   // A scheduled tick while one is already waiting is dropped: slow uploads never pile up checkpoints.
   let scheduledWaiting = false;
+  /** Checkpoint messages sent and not handled yet (counted when sent, so queued ones count too). */
+  let pending = 0;
 
   const ref = spawn(
     parent,
     async (_state: undefined, message: ContainerMessage) => {
       if (message.type === 'checkpoint') {
         if (message.scheduled) scheduledWaiting = false;
-        await respond(log, 'checkpoint', () => checkpoint(message.stop), message.replyTo);
+        try {
+          await respond(log, 'checkpoint', () => checkpoint(message.stop), message.replyTo);
+        } finally {
+          pending--;
+        }
       } else if (message.type === 'recover') {
         await respond(log, 'recovery', recover, message.replyTo);
       } else {
@@ -181,6 +198,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   const tick = () => {
     if (scheduledWaiting) return;
     scheduledWaiting = true;
+    pending++;
     tell(ref, { type: 'checkpoint', scheduled: true });
   };
   validateSchedule(container, schedule);
@@ -190,6 +208,11 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   else if (schedule.everyMs !== undefined) timer = setInterval(tick, schedule.everyMs);
   return {
     ref,
+    checkpoint: ({ stop, timeoutMs, what }) => {
+      pending++;
+      return ask<ContainerMessage, CheckpointOutcome>(ref, (replyTo) => ({ type: 'checkpoint' as const, stop, replyTo }), timeoutMs, what);
+    },
+    pendingCheckpoints: () => pending,
     stopSchedule: () => {
       void task?.stop();
       if (timer) clearInterval(timer);

@@ -86,6 +86,7 @@ export class HostSupervisor {
   private readonly log: Logger;
   /** Aborted when a stop gives up waiting for the uploads in flight: they then end without committing. */
   private readonly shutdown = new AbortController();
+  private readonly replicationQueue = { depth: 0 };
 
   constructor(private readonly options: HostSupervisorOptions) {
     this.log = options.logger.child(options.hostId);
@@ -102,6 +103,7 @@ export class HostSupervisor {
       runtime: options.runtime, store: options.store, replicator, garbageCollector, hostId: options.hostId,
       stagingDir: options.stagingDir, replicationTimeoutMs: options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, logger: this.log, events: options.events,
       stopping: this.shutdown.signal,
+      replicationQueue: this.replicationQueue,
     };
     this.actor = spawn<ActorSystemRef, (state: undefined, message: SupervisorMessage, ctx: ActorContext<SupervisorMessage, ActorSystemRef>) => Promise<undefined>>(
       this.system,
@@ -247,7 +249,7 @@ export class HostSupervisor {
     try {
       let outcome: CheckpointOutcome | undefined;
       if (options.checkpoint) {
-        outcome = await ask<ContainerMessage, CheckpointOutcome>(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, stop: true, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `hand-off checkpoint of ${container}`);
+        outcome = await actor.checkpoint({ stop: true, timeoutMs: this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, what: `hand-off checkpoint of ${container}` });
       } else {
         // After the checkpoint in progress, if any: the container is not killed in the middle of a dump.
         await ask<ContainerMessage, null>(actor.ref, (replyTo) => ({ type: 'drain' as const, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `hand-off of ${container}`);
@@ -270,7 +272,14 @@ export class HostSupervisor {
   checkpoint(container: string): Promise<CheckpointOutcome> {
     const actor = this.containers.get(container);
     if (!actor) return Promise.reject(new NotFoundError(`container ${container} is not supervised on ${this.options.hostId}`));
-    return ask(actor.ref, (replyTo) => ({ type: 'checkpoint' as const, replyTo }), this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, `checkpoint of ${container}`);
+    return actor.checkpoint({ timeoutMs: this.options.checkpointTimeoutMs ?? DEFAULT_CHECKPOINT_TIMEOUT_MS, what: `checkpoint of ${container}` });
+  }
+
+  /** Work waiting on this host, for the metrics: replications asked and not answered, checkpoints not finished. */
+  queueDepths(): { replicationQueue: number; pendingCheckpoints: number } {
+    let pendingCheckpoints = 0;
+    for (const actor of this.containers.values()) pendingCheckpoints += actor.pendingCheckpoints();
+    return { replicationQueue: this.replicationQueue.depth, pendingCheckpoints };
   }
 
   /**

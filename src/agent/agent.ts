@@ -4,6 +4,7 @@ import { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
 import { ClientPool } from '../api/client-pool.ts';
+import { readTokenFile } from '../api/auth.ts';
 import { ClusterClient } from '../api/cluster-client.ts';
 import { channelCredentials, serverCredentials, type TransportSecurity } from '../api/tls.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
@@ -24,6 +25,8 @@ import { LxcRuntime } from '../runtime/lxc.ts';
 import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
 import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
+import { AgentMetrics } from '../metrics/agent-metrics.ts';
+import { startMetricsServer, type MetricsServer } from '../metrics/http.ts';
 import { LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -56,7 +59,11 @@ export interface AgentConfig {
     listen: string;
     /** Mutual TLS with the cluster CA, or plaintext when asked for explicitly (a local testbed). */
     security: TransportSecurity;
-    /** A bearer token file clients must present: carried from the config; enforced by the API's authentication, not here. */
+    /**
+     * A file holding the cluster's bearer token: every public API (ClusterService) call must then carry
+     * `authorization: Bearer <token>`, and this agent sends it when it forwards one. Absent: the transport's
+     * authentication alone.
+     */
     tokenFile?: string;
   };
   schedule?: ContainerSchedule;
@@ -76,8 +83,6 @@ export interface AgentConfig {
   standby?: { dir: string; intervalMs?: number } | false;
   /** The audit trail's retention: its rows expire after this many days (TTL); 0 keeps them forever. Default 90. */
   audit?: { ttlDays: number };
-  /** The Prometheus endpoint, host:port: carried from the config; served by the metrics module, not here. */
-  metrics?: { listen: string };
   /** Encryption at rest of chunk contents: carried from the config; applied by the storage layer, not here. */
   encryption?: { keyFile: string };
   /**
@@ -87,6 +92,11 @@ export interface AgentConfig {
   shutdown?: { drainMs?: number; abortGraceMs?: number };
   /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
+  /**
+   * The Prometheus metrics endpoint (see src/metrics/): `GET http://LISTEN/metrics`; host:port, port 0 for any free
+   * port. Absent: no endpoint.
+   */
+  metrics?: { listen: string };
 }
 
 export class Agent {
@@ -97,6 +107,8 @@ export class Agent {
     readonly gossip: GossipView,
     readonly supervisor: HostSupervisor,
     readonly server: AgentServer,
+    /** The metrics endpoint, when one was asked for. */
+    readonly metricsServer: MetricsServer | undefined,
     private readonly coordinator: FailoverCoordinator,
     private readonly standby: StandbyPrefetcher | undefined,
     /** Clients of other agents, closed at stop (the maps fill as peers are called). */
@@ -110,9 +122,16 @@ export class Agent {
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
     validateHostId(config.hostId);
     const log = logger.child(config.hostId);
-    if ('insecure' in config.grpc.security) log.warn('gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only');
+    if ('insecure' in config.grpc.security) {
+      log.warn(
+        config.grpc.tokenFile === undefined
+          ? 'gRPC runs without TLS (--insecure): anyone who reaches its port can use it; use this on a local testbed only'
+          : 'gRPC runs without TLS (--insecure): the bearer token crosses the network in clear, so anyone who can see the traffic can use it; use this on a local testbed only',
+      );
+    }
     // Read first: a bad certificate file stops the agent before it starts anything.
     const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
+    const token = config.grpc.tokenFile === undefined ? undefined : readTokenFile(config.grpc.tokenFile, 'the token file');
     await mkdir(config.stagingDir, { recursive: true });
     // What a previous run of this agent left when it was killed (a stop removes its own).
     const swept = await sweepStaleStaging(config.stagingDir);
@@ -160,18 +179,29 @@ export class Agent {
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
         standby: standbyCache, onRestored: () => supervisor.pollNow(),
       });
+      const metrics = new AgentMetrics({
+        gossip: () => gossip.current(),
+        replicationQueue: () => supervisor.queueDepths().replicationQueue,
+        pendingCheckpoints: () => supervisor.queueDepths().pendingCheckpoints,
+        restoresInFlight: () => restoreService.inFlight,
+        auditBacklog: () => events.backlog,
+      });
+      events.onRecord(metrics.observe);
+      const metricsServer = config.metrics ? await startMetricsServer(config.metrics.listen, metrics.registry, log.child('metrics')) : undefined;
+      if (metricsServer) cleanups.push(() => metricsServer.stop());
       const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
       const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, credentials.peers));
-      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers));
+      const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers, { token }));
       const cluster = new AgentClusterOperations({
         hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
       });
       const server = await startAgentServer({
-        address: config.grpc.listen, credentials: credentials.server, cluster, logger: log,
+        address: config.grpc.listen, credentials: credentials.server, cluster, logger: log, clusterToken: token,
         onRefused: (method, asked, err) =>
           void events.record({
             kind: 'request-refused', host: config.hostId, container: typeof asked['container'] === 'string' ? asked['container'] : undefined,
-            outcome: isRefusal(err) || (err instanceof LxcrError && err.code === 'INVALID_ARGUMENT') ? 'refused' : 'failed', detail: `${method}: ${errorMessage(err)}`,
+            outcome: isRefusal(err) || (err instanceof LxcrError && (err.code === 'INVALID_ARGUMENT' || err.code === 'UNAUTHENTICATED')) ? 'refused' : 'failed',
+            detail: `${method}: ${errorMessage(err)}`,
           }),
         operations: { restore: (request) => restoreService.restore(request), handOff: (request) => handoffService.handOff(request) },
       });
@@ -189,8 +219,8 @@ export class Agent {
         ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
         : undefined;
       standby?.start();
-      log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, coordinator, standby, [agentPeers, clusterPeers], registry, events, startedAt);
+      log.info('agent started', { grpc: server.endpoint, metrics: metricsServer?.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
+      return new Agent(config, log, client, gossip, supervisor, server, metricsServer, coordinator, standby, [agentPeers, clusterPeers], registry, events, startedAt);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -215,6 +245,7 @@ export class Agent {
     // The last events (a checkpoint committed or aborted while draining) go out before the session closes.
     await this.events.flush();
     if (this.events.backlog > 0) this.log.warn('audit events not written before the stop are lost', { events: this.events.backlog });
+    await this.metricsServer?.stop();
     for (const pool of this.peers) pool.closeAll();
     await this.gossip.close();
     await this.client.shutdown();

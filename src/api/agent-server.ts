@@ -6,7 +6,9 @@ import type { HandoffRequest__Output } from './generated/lxcr/v1/HandoffRequest.
 import type { HandoffResponse } from './generated/lxcr/v1/HandoffResponse.ts';
 import type { RestoreRequest__Output } from './generated/lxcr/v1/RestoreRequest.ts';
 import type { RestoreResponse } from './generated/lxcr/v1/RestoreResponse.ts';
+import { requireBearerToken } from './auth.ts';
 import { HealthService } from './health.ts';
+import { addReflection } from './reflection.ts';
 import { AGENT_SERVICE_NAME, CLUSTER_SERVICE_NAME, agentProto, clusterProto, healthProto } from './proto.ts';
 import { clusterHandlers, type ClusterOperations } from './cluster-server.ts';
 import { unaryHandler, type RefusalListener } from './unary.ts';
@@ -44,6 +46,8 @@ export interface AgentServerOptions {
   logger: Logger;
   /** Told of every refused or failed call (the agent puts them in the audit trail). */
   onRefused?: RefusalListener;
+  /** When set, every ClusterService call must carry this bearer token (see auth.ts); AgentService and health do not. */
+  clusterToken?: string;
 }
 
 export interface AgentServer {
@@ -89,8 +93,12 @@ export async function startAgentServer(options: AgentServerOptions): Promise<Age
     Handoff: unaryHandler(context, 'Handoff', (request) => ({ container: request.container }), (request) => options.operations.handOff(validateHandoffRequest(request))),
   };
   server.addService(agentProto.lxcr.v1.AgentService.service, handlers);
-  if (options.cluster) server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, context));
+  if (options.cluster) {
+    const authorize = options.clusterToken === undefined ? undefined : requireBearerToken(options.clusterToken);
+    server.addService(clusterProto.lxcr.v1.ClusterService.service, clusterHandlers(options.cluster, { ...context, authorize }));
+  }
   server.addService(healthProto.grpc.health.v1.Health.service, health.handlers);
+  addReflection(server, options.cluster !== undefined);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.address, options.credentials, (err, boundPort) => (err ? reject(err) : resolve(boundPort))),
   ).catch((err: unknown) => {

@@ -5,6 +5,7 @@ import type { ListContainersResponse__Output } from './generated/lxcr/v1/ListCon
 import type { ListHostsResponse__Output } from './generated/lxcr/v1/ListHostsResponse.ts';
 import type { ListSnapshotsResponse__Output } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse__Output } from './generated/lxcr/v1/MoveResponse.ts';
+import { bearerMetadata } from './auth.ts';
 import { clusterProto } from './proto.ts';
 import { fromServiceError } from './status.ts';
 import { callUnary } from './unary.ts';
@@ -15,39 +16,50 @@ import type { StreamEventsRequest } from './generated/lxcr/v1/StreamEventsReques
 export class ClusterClient {
   private readonly client: ClusterServiceClient;
 
+  private readonly timeoutMs: number;
+  /** Sent with every call: the bearer token, when one is given. */
+  private readonly metadata: grpc.Metadata;
+
   constructor(
     readonly endpoint: string,
     credentials: grpc.ChannelCredentials,
-    private readonly timeoutMs = 30_000,
+    options: {
+      /** Default deadline of the short calls. Default 30 s. */
+      timeoutMs?: number;
+      /** The cluster's bearer token, for agents that ask for one (see auth.ts). */
+      token?: string;
+    } = {},
   ) {
     this.client = new clusterProto.lxcr.v1.ClusterService(endpoint, credentials);
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.metadata = bearerMetadata(options.token);
   }
 
   listHosts(): Promise<ListHostsResponse__Output> {
-    return callUnary(`ListHosts on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListHosts({}, options, callback));
+    return callUnary(`ListHosts on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListHosts({}, this.metadata, options, callback));
   }
 
   listContainers(): Promise<ListContainersResponse__Output> {
-    return callUnary(`ListContainers on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListContainers({}, options, callback));
+    return callUnary(`ListContainers on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListContainers({}, this.metadata, options, callback));
   }
 
   listSnapshots(container: string): Promise<ListSnapshotsResponse__Output> {
-    return callUnary(`ListSnapshots of ${container} on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListSnapshots({ container }, options, callback));
+    return callUnary(`ListSnapshots of ${container} on ${this.endpoint}`, this.timeoutMs, (options, callback) => this.client.ListSnapshots({ container }, this.metadata, options, callback));
   }
 
   /** A checkpoint waits for its upload: give it the time a large container needs (default 10 min). */
   checkpoint(container: string, forwardedBy = '', timeoutMs = 10 * 60_000): Promise<CheckpointResponse__Output> {
-    return callUnary(`Checkpoint of ${container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Checkpoint({ container, forwardedBy }, options, callback));
+    return callUnary(`Checkpoint of ${container} on ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Checkpoint({ container, forwardedBy }, this.metadata, options, callback));
   }
 
   /** A migration checkpoints, uploads and restores: give it the time a large container needs (default 20 min). */
   migrate(container: string, targetHost: string, timeoutMs = 20 * 60_000): Promise<MoveResponse__Output> {
-    return callUnary(`Migrate of ${container} to ${targetHost} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Migrate({ container, targetHost }, options, callback));
+    return callUnary(`Migrate of ${container} to ${targetHost} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Migrate({ container, targetHost }, this.metadata, options, callback));
   }
 
   /** `version` 0: the newest committed; `targetHost` '': the default host. */
   restore(container: string, version = 0, targetHost = '', timeoutMs = 20 * 60_000): Promise<MoveResponse__Output> {
-    return callUnary(`Restore of ${container} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Restore({ container, version, targetHost }, options, callback));
+    return callUnary(`Restore of ${container} via ${this.endpoint}`, timeoutMs, (options, callback) => this.client.Restore({ container, version, targetHost }, this.metadata, options, callback));
   }
 
   /**
@@ -55,7 +67,7 @@ export class ClusterClient {
    * follow, after the last event) or fails; `cancel` ends a followed stream.
    */
   streamEvents(request: StreamEventsRequest, onEvent: (event: Event__Output) => void): { done: Promise<void>; cancel(): void } {
-    const call = this.client.StreamEvents(request);
+    const call = this.client.StreamEvents(request, this.metadata);
     let cancelled = false;
     const done = new Promise<void>((resolve, reject) => {
       call.on('data', onEvent);

@@ -38,6 +38,7 @@ function streamEvents(operations: ClusterOperations, context: HandlerContext): g
       cancelled = true;
     });
     const run = async () => {
+      context.authorize?.(call.metadata);
       const { request } = call;
       const container = request.container ? requireContainerName('StreamEvents', request.container) : undefined;
       if (request.sinceMs > Date.now() + 60_000) throw new InvalidArgumentError(`invalid StreamEvents request: since_ms ${request.sinceMs} is in the future`);

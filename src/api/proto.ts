@@ -22,6 +22,9 @@ function load<T>(file: string): T {
   return grpc.loadPackageDefinition(protoLoader.loadSync(file, LOADER_OPTIONS)) as unknown as T;
 }
 
+/** Every file the agent serves, in one definition: what server reflection describes. */
+export const SERVED_PROTO_FILES = ['lxcr/v1/agent.proto', 'lxcr/v1/cluster.proto', 'grpc/health/v1/health.proto'] as const;
+
 export const agentProto = load<AgentProto>('lxcr/v1/agent.proto');
 export const clusterProto = load<ClusterProto>('lxcr/v1/cluster.proto');
 export const healthProto = load<HealthProto>('grpc/health/v1/health.proto');
@@ -30,3 +33,5 @@ export const healthProto = load<HealthProto>('grpc/health/v1/health.proto');
 export const AGENT_SERVICE_NAME = 'lxcr.v1.AgentService';
 /** The public API's service name, for health checks. */
 export const CLUSTER_SERVICE_NAME = 'lxcr.v1.ClusterService';
+/** The standard health service's name. */
+export const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';

@@ -16,6 +16,7 @@ const TO_STATUS: Record<ErrorCode, grpc.status> = {
   COMMAND_FAILED: grpc.status.INTERNAL,
   TIMEOUT: grpc.status.DEADLINE_EXCEEDED,
   UNAVAILABLE: grpc.status.UNAVAILABLE,
+  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
   CHECKPOINT_FAILED: grpc.status.INTERNAL,
   RESTORE_FAILED: grpc.status.INTERNAL,
   INTEGRITY: grpc.status.DATA_LOSS,
@@ -32,6 +33,7 @@ const FROM_STATUS: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.DEADLINE_EXCEEDED]: 'TIMEOUT',
   [grpc.status.UNAVAILABLE]: 'UNAVAILABLE',
   [grpc.status.DATA_LOSS]: 'INTEGRITY',
+  [grpc.status.UNAUTHENTICATED]: 'UNAUTHENTICATED',
 };
 
 export function statusOf(err: unknown): grpc.status {

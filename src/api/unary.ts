@@ -9,6 +9,8 @@ export type RefusalListener = (method: string, request: Record<string, unknown>,
 export interface HandlerContext {
   log: Logger;
   onRefused?: RefusalListener;
+  /** Checks a call's credentials before it is handled (the bearer token, see auth.ts); throws to refuse it. */
+  authorize?: (metadata: grpc.Metadata) => void;
 }
 
 /**
@@ -21,11 +23,14 @@ export function unaryHandler<Req, Res>(
   describe: (request: Req) => Record<string, unknown>,
   handle: (request: Req) => Promise<Res>,
 ): grpc.handleUnaryCall<Req, Res> {
-  const { log, onRefused } = context;
+  const { log, onRefused, authorize } = context;
   return (call, callback) => {
     const started = performance.now();
     Promise.resolve()
-      .then(() => handle(call.request))
+      .then(() => {
+        authorize?.(call.metadata);
+        return handle(call.request);
+      })
       .then(
         (response) => callback(null, response),
         (err: unknown) => {

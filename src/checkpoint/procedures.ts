@@ -136,6 +136,8 @@ export interface ReplicateOptions {
 
 export interface CheckpointToStoreResult extends UploadResult {
   dumpMs: number;
+  /** Chunking, compressing, writing and committing the staged dump. */
+  uploadMs: number;
 }
 
 /**
@@ -143,6 +145,7 @@ export interface CheckpointToStoreResult extends UploadResult {
  * the container runs again: the container was frozen for the dump only.
  */
 export async function replicateStaged(staged: StagedSnapshot, options: ReplicateOptions): Promise<CheckpointToStoreResult> {
+  const started = performance.now();
   const uploaded = await uploadSnapshot({
     store: options.store,
     container: staged.container,
@@ -153,7 +156,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     beforeCommit: options.beforeCommit,
     signal: options.signal,
   });
-  return { ...uploaded, dumpMs: staged.dumpMs };
+  return { ...uploaded, dumpMs: staged.dumpMs, uploadMs: performance.now() - started };
 }
 
 export type CheckpointToStoreOptions = DumpOptions & ReplicateOptions;

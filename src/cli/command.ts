@@ -21,6 +21,8 @@ export const ExitCode = {
   REFUSED: 5,
   /** The agent or Cassandra could not be reached, or did not answer in time. */
   UNAVAILABLE: 6,
+  /** The agent asks for a bearer token and none or the wrong one was given (--token-file). */
+  UNAUTHENTICATED: 7,
   INTERRUPTED: 130,
 } as const;
 

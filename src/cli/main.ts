@@ -28,6 +28,8 @@ export function exitCodeFor(err: unknown): number {
     case 'UNAVAILABLE':
     case 'TIMEOUT':
       return ExitCode.UNAVAILABLE;
+    case 'UNAUTHENTICATED':
+      return ExitCode.UNAUTHENTICATED;
     default:
       return ExitCode.FAILED;
   }

@@ -45,7 +45,24 @@ export interface ClusterEvent {
   outcome?: 'ok' | 'failed' | 'refused';
   /** Free-form details: the error message, the source host, the candidates tried. */
   detail?: string;
+  /**
+   * A committed checkpoint's figures, for listeners such as the metrics (not columns of the audit row: its detail
+   * text tells them).
+   */
+  checkpoint?: CheckpointFigures;
 }
+
+export interface CheckpointFigures {
+  /** How long the container was frozen (the CRIU dump). */
+  freezeMs: number;
+  /** Raw bytes of the snapshot: what a full copy would take. */
+  logicalBytes: number;
+  /** Chunking, compressing, writing and committing the staged dump. */
+  uploadMs: number;
+}
+
+/** Told of each event as it is recorded, before it is written. */
+export type EventListener = (event: ClusterEvent) => void;
 
 export interface RecordedEvent extends ClusterEvent {
   at: Date;
@@ -93,6 +110,7 @@ type PendingEvent = RecordedEvent & { id: cassandra.types.TimeUuid };
 
 export class EventLog {
   private readonly pending: PendingEvent[] = [];
+  private readonly listeners: EventListener[] = [];
   /** The flush in progress: flushes never overlap, or two of them would write the same event twice. */
   private flushing: Promise<void> | undefined;
 
@@ -104,8 +122,20 @@ export class EventLog {
     private readonly ttlSeconds = retentionSeconds(DEFAULT_AUDIT_TTL_DAYS),
   ) {}
 
+  /** Tells `listener` of every event recorded from now on. */
+  onRecord(listener: EventListener): void {
+    this.listeners.push(listener);
+  }
+
   /** Records an event; resolves when it is written or kept for later, never rejects. */
   async record(event: ClusterEvent): Promise<void> {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch (err) {
+        this.logger.error('an audit event listener failed', { kind: event.kind, error: errorMessage(err) });
+      }
+    }
     const at = new Date();
     // The row key is fixed now, so writing the event again after an unknown outcome overwrites, never duplicates.
     this.pending.push({ ...event, at, id: TimeUuid.fromDate(at) });

@@ -1,5 +1,6 @@
 import { accessSync, constants } from 'node:fs';
 import { isAbsolute } from 'node:path';
+import { parseListenAddress } from '../util/address.ts';
 import { errorMessage } from '../util/errors.ts';
 
 /**
@@ -115,12 +116,4 @@ export const readableFile = checked(
 );
 
 /** host:port to listen on, port 0 to 65535 (0: any free port); an IPv6 host in brackets. */
-export const listenAddress = checked(
-  text,
-  (address) => {
-    const match = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]\s]+):(\d{1,5})$/.exec(address);
-    if (!match) return `must be host:port (e.g. 10.0.0.1:7500, [::1]:7500), got "${address}"`;
-    return Number(match[2]) > 65_535 ? `port must be from 0 to 65535, got "${address}"` : undefined;
-  },
-  'host:port',
-);
+export const listenAddress = checked(text, (address) => problemOf(() => parseListenAddress(address, 'the address')), 'host:port');

@@ -92,7 +92,7 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
   { path: 'grpc.tls.cert', kind: pemFile, required: true, flag: { name: 'tls-cert' }, doc: 'this host\'s PEM certificate, signed by that CA' },
   { path: 'grpc.tls.key', kind: pemFile, required: true, flag: { name: 'tls-key' }, doc: 'the PEM private key of that certificate' },
   { path: 'grpc.insecure', kind: boolean, flag: { name: 'insecure', value: true }, doc: 'plaintext gRPC, instead of tls: a local testbed only (the agent warns)' },
-  { path: 'grpc.tokenFile', kind: readableFile, doc: 'bearer token clients must present' },
+  { path: 'grpc.tokenFile', kind: readableFile, flag: { name: 'token-file' }, doc: 'bearer token clients must present' },
   { path: 'schedule.everySeconds', kind: integer(1, 86_400), flag: { name: 'every' }, doc: 'checkpoint every N seconds' },
   { path: 'schedule.cron', kind: cron, flag: { name: 'cron' }, doc: 'or checkpoint on this node-cron expression' },
   { path: 'keep', kind: integer(1, 1000), default: 2, flag: { name: 'keep' }, doc: 'committed versions kept per container' },
@@ -102,7 +102,7 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
   { path: 'keyspaces.meta', kind: keyspace, default: 'lxcr_meta', flag: { name: 'meta-keyspace' }, doc: 'the registry keyspace (ownership, hosts, audit trail)' },
   { path: 'keyspaces.metaReplicationFactor', kind: replicationFactor, default: 3, flag: { name: 'meta-rf' }, doc: 'its replication factor' },
   { path: 'audit.ttlDays', kind: integer(0, 7300), default: 90, doc: 'days the audit trail\'s rows are kept (0: forever; Cassandra\'s TTL limit is 20 years)' },
-  { path: 'metrics.listen', kind: listenAddress, required: true, doc: 'the Prometheus endpoint, host:port (absent: no endpoint)' },
+  { path: 'metrics.listen', kind: listenAddress, required: true, flag: { name: 'metrics-listen' }, doc: 'the Prometheus endpoint, host:port (absent: no endpoint)' },
   { path: 'encryption.keyFile', kind: readableFile, required: true, doc: 'the key file for encryption at rest of chunk contents' },
 ];
 

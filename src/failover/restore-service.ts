@@ -39,6 +39,11 @@ export class RestoreService {
 
   constructor(private readonly deps: RestoreServiceDeps) {}
 
+  /** Containers with a restore running or queued on this host. */
+  get inFlight(): number {
+    return this.inProgress.size;
+  }
+
   restore(request: ValidRestoreRequest): Promise<RestoreResponse> {
     const running = this.inProgress.get(request.container);
     const next = (running ?? Promise.resolve(undefined)).catch(() => undefined).then(() => this.claimAndRestore(request));

@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'COMMAND_FAILED'
   | 'TIMEOUT'
   | 'UNAVAILABLE'
+  | 'UNAUTHENTICATED'
   | 'CHECKPOINT_FAILED'
   | 'RESTORE_FAILED'
   | 'INTEGRITY'
@@ -99,6 +100,11 @@ export class TimeoutError extends LxcrError {
 
 export class UnavailableError extends LxcrError {
   readonly code = 'UNAVAILABLE';
+}
+
+/** A call without the credentials the agent asks for (its bearer token). */
+export class UnauthenticatedError extends LxcrError {
+  readonly code = 'UNAUTHENTICATED';
 }
 
 export class CheckpointError extends LxcrError {

@@ -70,7 +70,7 @@ describe('mutual TLS between agents and with clients', () => {
 
   it('turns away a client without a certificate, and a plaintext one', async () => {
     const refused = async (credentials: grpc.ChannelCredentials) => {
-      const api = new ClusterClient(agents[0]!.grpcEndpoint, credentials, 5000);
+      const api = new ClusterClient(agents[0]!.grpcEndpoint, credentials, { timeoutMs: 5000 });
       try {
         return await api.listHosts().then(() => 'served', (err: unknown) => errorMessage(err));
       } finally {

@@ -18,6 +18,7 @@ export const AGENT_FLAGS = {
   'jmx-port': { value: true, description: 'the local node\'s JMX port, for the gossip view (default 7199)' },
   'contact-points': { value: true, description: 'more Cassandra addresses, comma-separated' },
   listen: { value: true, description: 'gRPC address host:port (default CASSANDRA:7500)' },
+  'metrics-listen': { value: true, description: 'serve Prometheus metrics at http://HOST:PORT/metrics (default: no metrics endpoint)' },
   staging: { value: true, description: 'local staging directory (default /var/tmp/lxcr-staging/HOST-ID)' },
   'standby-dir': { value: true, description: 'where standby copies of the snapshots this host would restore are kept (default /var/lib/lxcr/standby/HOST-ID)' },
   'no-standby': { value: false, description: 'keep no standby copies: a failover restore then reads the whole snapshot from Cassandra' },
@@ -28,6 +29,7 @@ export const AGENT_FLAGS = {
   'snapshot-keyspace': { value: true, description: 'snapshot keyspace (default lxcr_snapshots)' },
   'meta-keyspace': { value: true, description: 'registry keyspace (default lxcr_meta)' },
   ...TLS_FLAGS,
+  'token-file': { value: true, description: 'require the bearer token in this file of every public API call (clients send it with their --token-file)' },
 } as const;
 
 /**
@@ -63,7 +65,7 @@ export const agentCommand: Command = {
     }
     const logger = createLogger('lxcr-agent');
     const agent = await Agent.start(config, logger);
-    process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint } })}\n`);
+    process.stdout.write(`${JSON.stringify({ ready: { hostId: config.hostId, grpc: agent.server.endpoint, metrics: agent.metricsServer?.endpoint } })}\n`);
     await untilTerminated();
     await agent.stop();
     return ExitCode.OK;

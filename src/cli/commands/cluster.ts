@@ -1,3 +1,4 @@
+import { readTokenFile } from '../../api/auth.ts';
 import { ClusterClient } from '../../api/cluster-client.ts';
 import { channelCredentials, transportSecurityFromFlags } from '../../api/tls.ts';
 import type { MoveResponse__Output } from '../../api/generated/lxcr/v1/MoveResponse.ts';
@@ -16,12 +17,15 @@ const DEFAULT_AGENT = '127.0.0.1:7500';
 const CLIENT_FLAGS = {
   agent: { value: true, description: `the agent to ask, host:port (default $LXCR_AGENT or ${DEFAULT_AGENT})` },
   ...TLS_FLAGS,
+  'token-file': { value: true, description: 'send the bearer token in this file (for agents started with --token-file)' },
   json: { value: false, description: 'print the response as JSON' },
 } as const;
 
 async function withClient<T>(args: ParsedArgs, call: (client: ClusterClient) => Promise<T>): Promise<T> {
   const security = transportSecurityFromFlags(tlsFlags(args), 'talking to an agent');
-  const client = new ClusterClient(stringFlag(args, 'agent', process.env.LXCR_AGENT || DEFAULT_AGENT), channelCredentials(security));
+  const tokenFile = stringFlag(args, 'token-file', '') || undefined;
+  const token = tokenFile === undefined ? undefined : readTokenFile(tokenFile, '--token-file');
+  const client = new ClusterClient(stringFlag(args, 'agent', process.env.LXCR_AGENT || DEFAULT_AGENT), channelCredentials(security), { token });
   try {
     return await call(client);
   } finally {
@@ -43,7 +47,7 @@ function noPositionals(args: ParsedArgs): void {
   if (args.positionals.length > 0) throw new InvalidArgumentError(`unexpected argument "${args.positionals[0]}"`);
 }
 
-const CONNECTION_USAGE = '[--agent HOST:PORT] (TLS options | --insecure) [--json]';
+const CONNECTION_USAGE = '[--agent HOST:PORT] (TLS options | --insecure) [--token-file F] [--json]';
 
 /**
  * One request-response command: its arguments checked (a container name as the one positional, or none), one
