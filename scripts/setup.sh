@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes this machine ready to run LXCloud-CR's testbed, demo and tests: Debian packages (LXC, busybox, Java 17,
-# nftables, CRIU's build dependencies), the npm packages from package-lock.json, and a CRIU that passes
+# nftables, CRIU's build dependencies, Ansible), the npm packages from package-lock.json, and a CRIU that passes
 # `criu check` on this kernel (built once from Debian's source package if the installed one fails).
 # Idempotent: each step checks first and says what it does. Runs before `npm test` and `npm run demo`.
 set -euo pipefail
@@ -24,11 +24,12 @@ node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
 [ "$node_major" -ge 20 ] || die "Node.js 20 or newer is required (found $(node --version 2>/dev/null || echo none)); install Node 20 and rerun: $rerun"
 
 # Debian packages. CRIU's build dependencies are listed here too so that a CRIU build never stops half-way
-# for a missing header; they are small.
+# for a missing header; they are small. ansible and ansible-lint: the tests of the Ansible roles in deploy/.
 packages=(
   lxc busybox-static nftables openjdk-17-jre-headless openjdk-17-jdk-headless xz-utils dpkg-dev
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
   libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev pkgconf python3-protobuf gcc make openssl
+  ansible ansible-lint
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -5,9 +5,10 @@ import { auditCommand, cqlCommand } from './commands/audit.ts';
 import { configCommand } from './commands/config.ts';
 import { checkpointCommand, containersCommand, eventsCommand, migrateCommand, restoreCommand, snapshotsCommand, statusCommand } from './commands/cluster.ts';
 import { demoCommand } from './commands/demo.ts';
+import { schemaCommand } from './commands/schema.ts';
 import { testbedCommand } from './commands/testbed.ts';
 
-const COMMANDS: readonly Command[] = [agentCommand, configCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, migrateCommand, restoreCommand, eventsCommand, auditCommand, cqlCommand, demoCommand, testbedCommand];
+const COMMANDS: readonly Command[] = [agentCommand, configCommand, statusCommand, containersCommand, snapshotsCommand, checkpointCommand, migrateCommand, restoreCommand, eventsCommand, auditCommand, cqlCommand, schemaCommand, demoCommand, testbedCommand];
 
 function overview(): string {
   const lines = COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary}`);

@@ -2,9 +2,10 @@ import cassandra from 'cassandra-driver';
 import { EventLog, type RecordedEvent } from '../../cluster/events.ts';
 import { DEFAULT_META_KEYSPACE } from '../../cluster/registry.ts';
 import { validateKeyspaceName } from '../../storage/schema.ts';
-import { InvalidArgumentError, UnavailableError, errorMessage } from '../../util/errors.ts';
+import { InvalidArgumentError, errorMessage } from '../../util/errors.ts';
 import { createLogger } from '../../util/log.ts';
-import { intFlag, parseArgs, parseDuration, stringFlag, type ParsedArgs } from '../args.ts';
+import { parseArgs, parseDuration, stringFlag } from '../args.ts';
+import { CASSANDRA_FLAGS, withCassandra } from '../cassandra.ts';
 import { ExitCode, type Command } from '../command.ts';
 import { formatBytes, formatTable } from '../table.ts';
 
@@ -14,30 +15,10 @@ import { formatBytes, formatTable } from '../table.ts';
  * current Pythons.
  */
 
-const CASSANDRA_FLAGS = {
-  cassandra: { value: true, description: 'Cassandra contact points, comma-separated (default $LXCR_CASSANDRA or 127.0.0.1)' },
-  port: { value: true, description: 'their CQL port (default 9042)' },
-  dc: { value: true, description: 'the local data center (default datacenter1)' },
+const CQL_FLAGS = {
+  ...CASSANDRA_FLAGS,
   json: { value: false, description: 'print the rows as JSON' },
 } as const;
-
-async function withCassandra<T>(args: ParsedArgs, task: (client: cassandra.Client) => Promise<T>): Promise<T> {
-  const contactPoints = stringFlag(args, 'cassandra', process.env.LXCR_CASSANDRA || '127.0.0.1').split(',').filter(Boolean);
-  const client = new cassandra.Client({
-    contactPoints,
-    localDataCenter: stringFlag(args, 'dc', 'datacenter1'),
-    protocolOptions: { port: intFlag(args, 'port', 9042, 1, 65_535), maxVersion: 3 },
-    socketOptions: { connectTimeout: 5000, readTimeout: 20_000 },
-  });
-  try {
-    await client.connect().catch((err: unknown) => {
-      throw new UnavailableError(`cannot reach Cassandra at ${contactPoints.join(', ')}: ${errorMessage(err)}`, { cause: err });
-    });
-    return await task(client);
-  } finally {
-    await client.shutdown();
-  }
-}
 
 /** A CQL value as one table cell. */
 function cell(value: unknown): string {
@@ -59,9 +40,9 @@ export const cqlCommand: Command = {
   name: 'cql',
   summary: 'run one CQL statement against the cluster\'s Cassandra and print the rows',
   usage: '"<statement>" [--cassandra HOSTS] [--port P] [--json]',
-  flags: CASSANDRA_FLAGS,
+  flags: CQL_FLAGS,
   async run(argv) {
-    const args = parseArgs(argv, CASSANDRA_FLAGS);
+    const args = parseArgs(argv, CQL_FLAGS);
     const [statement, ...extra] = args.positionals;
     if (!statement || extra.length > 0) throw new InvalidArgumentError('give the CQL statement as one argument, in quotes');
     await withCassandra(args, async (client) => {
@@ -83,7 +64,7 @@ export const cqlCommand: Command = {
 };
 
 const AUDIT_FLAGS = {
-  ...CASSANDRA_FLAGS,
+  ...CQL_FLAGS,
   keyspace: { value: true, description: `the registry keyspace holding the audit trail (default ${DEFAULT_META_KEYSPACE})` },
   since: { value: true, description: 'how far back: 30m, 24h, 7d (default 24h)' },
 } as const;
