@@ -24,6 +24,7 @@ import { LxcRuntime } from '../runtime/lxc.ts';
 import { CassandraSnapshotStore } from '../storage/cassandra-store.ts';
 import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
+import { withTimeout } from '../util/concurrency.ts';
 import { LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -88,6 +89,9 @@ export interface AgentConfig {
   /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
 }
+
+/** How long a stop waits for the registry (deregistration, the last audit events) when it has no quorum. */
+const DEREGISTER_TIMEOUT_MS = 10_000;
 
 export class Agent {
   private constructor(
@@ -213,7 +217,7 @@ export class Agent {
     await this.supervisor.stop(this.config.shutdown?.drainMs, this.config.shutdown?.abortGraceMs);
     await this.server.stop();
     // The last events (a checkpoint committed or aborted while draining) go out before the session closes.
-    await this.events.flush();
+    await withTimeout(this.events.flush(), DEREGISTER_TIMEOUT_MS, 'writing the last audit events').catch(() => undefined);
     if (this.events.backlog > 0) this.log.warn('audit events not written before the stop are lost', { events: this.events.backlog });
     for (const pool of this.peers) pool.closeAll();
     await this.gossip.close();
@@ -224,7 +228,8 @@ export class Agent {
   /** Marks this run stopped in the registry; a registry without quorum does not keep the agent from stopping. */
   private async deregister(): Promise<void> {
     try {
-      const applied = await this.registry.deregisterHost(this.config.hostId, this.startedAt);
+      // Bounded: without a registry quorum (most hosts down) the stop must not wait on Paxos retries.
+      const applied = await withTimeout(this.registry.deregisterHost(this.config.hostId, this.startedAt), DEREGISTER_TIMEOUT_MS, 'deregistering');
       if (!applied) this.log.warn('not deregistered: a newer run of this host registered meanwhile');
       await this.events.record({ kind: 'agent-stopped', host: this.config.hostId, outcome: 'ok', detail: `graceful stop; running since ${this.startedAt.toISOString()}` });
     } catch (err) {
