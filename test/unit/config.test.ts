@@ -158,6 +158,8 @@ describe('the agent config file', () => {
     const tls = { ca: pem('ca3.pem'), cert: pem('c3.pem'), key: pem('k3.pem') };
     const viaEnv = loadAgentFileConfig({ file, env: { LXCR_GRPC_TLS_CA: tls.ca, LXCR_GRPC_TLS_CERT: tls.cert, LXCR_GRPC_TLS_KEY: tls.key } });
     expect(toAgentConfig(viaEnv, 'jmx').grpc.security).toEqual({ tls });
+    // insecure=false chooses nothing: the file's tls stays.
+    expect(toAgentConfig(loadAgentFileConfig({ file: configFile({ ...MINIMAL, grpc: { tls } }), env: { LXCR_GRPC_INSECURE: 'false' } }), 'jmx').grpc.security).toEqual({ tls });
     expect(toAgentConfig(loadAgentFileConfig({ file: configFile({ ...MINIMAL, grpc: { tls } }), flags: new Map([['insecure', true]]) }), 'jmx').grpc.security).toEqual({ insecure: true });
   });
 
