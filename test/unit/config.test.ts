@@ -110,6 +110,10 @@ describe('the agent config file', () => {
     expect(found).toContain('keep: must be an integer from 1 to 1000, got 0');
     expect(found).toContain('cassandra.address: is required; set cassandra.address in the config file, or LXCR_CASSANDRA_ADDRESS, or --cassandra');
     expect(found.find((l) => l.startsWith('grpc.tls.ca:'))).toMatch(/missing-ca\.pem does not exist or is not readable/);
+    expect(problems({ file: configFile({ ...MINIMAL, grpc: { insecure: true, tokenFile: scratch }, encryption: { keyFile: 'key' } }) })).toEqual([
+      `grpc.tokenFile: ${scratch} is not a file`,
+      'encryption.keyFile: must be an absolute path, got "key"',
+    ]);
   });
 
   it('rejects unknown keys at any depth, suggesting the key that was meant', () => {
