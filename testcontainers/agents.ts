@@ -34,6 +34,11 @@ export interface AgentOptions {
   metrics?: boolean;
   /** Require the bearer token in this file of public API calls (--token-file). */
   tokenFile?: string;
+  /**
+   * Configure the agent with a config file (`hosts/hostN/agent.json`, `--config`) instead of flags, as a deployed
+   * agent is. Only --lxcpath stays on the command line: it marks the process as this host's agent.
+   */
+  configFile?: boolean;
 }
 
 export interface TestbedAgent {
@@ -77,7 +82,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   const dir = hostDir(testbed, index);
   mkdirSync(dir, { recursive: true });
   const logFile = join(dir, 'agent.log');
-  const args = [
+  const args = options.configFile ? [LXCR, 'agent', '--config', writeAgentConfig(testbed, index, options), '--lxcpath', host.lxcpath] : [
     LXCR, 'agent', '--host-id', host.hostId, '--lxcpath', host.lxcpath, '--cassandra', host.address,
     '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
     '--staging', agentStagingDir(testbed, index), '--snapshot-keyspace', options.snapshotKeyspace, '--meta-keyspace', options.metaKeyspace,
@@ -117,6 +122,28 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   });
   child.stdout.resume();
   return { hostIndex: index, hostId: host.hostId, pid, grpcEndpoint: ready.grpc, metricsEndpoint: ready.metrics, logFile, exited };
+}
+
+/** The config file equivalent to startAgent's flags; returns its path. */
+function writeAgentConfig(testbed: Testbed, index: number, options: AgentOptions): string {
+  const host = testbed.host(index);
+  const config = {
+    hostId: host.hostId,
+    lxcpath: host.lxcpath,
+    stagingDir: agentStagingDir(testbed, index),
+    standby: options.standby === false ? { enabled: false } : { enabled: true, dir: standbyDir(testbed, index) },
+    cassandra: { address: host.address, contactPoints: testbed.contactPoints, jmxPort: testbed.ring.node(index).jmxPort },
+    grpc: {
+      listen: `${host.address}:0`, ...(options.tls ? { tls: options.tls } : { insecure: true }),
+      ...(options.tokenFile !== undefined ? { tokenFile: options.tokenFile } : {}),
+    },
+    ...(options.metrics ? { metrics: { listen: `${host.address}:0` } } : {}),
+    schedule: options.everySeconds !== undefined ? { everySeconds: options.everySeconds } : {},
+    keyspaces: { snapshots: options.snapshotKeyspace, meta: options.metaKeyspace, metaReplicationFactor: Math.min(3, testbed.hosts.length) },
+  };
+  const file = join(hostDir(testbed, index), 'agent.json');
+  writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`);
+  return file;
 }
 
 function tail(file: string, lines = 20): string {

@@ -27,6 +27,7 @@ import { StandbyCache } from '../storage/standby-cache.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, type Replication } from '../storage/schema.ts';
 import { AgentMetrics } from '../metrics/agent-metrics.ts';
 import { startMetricsServer, type MetricsServer } from '../metrics/http.ts';
+import { withTimeout } from '../util/concurrency.ts';
 import { LxcrError, errorMessage, isRefusal } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -98,6 +99,9 @@ export interface AgentConfig {
    */
   metrics?: { listen: string };
 }
+
+/** How long a stop waits for the registry (deregistration, the last audit events) when it has no quorum. */
+const DEREGISTER_TIMEOUT_MS = 10_000;
 
 export class Agent {
   private constructor(
@@ -243,7 +247,7 @@ export class Agent {
     await this.supervisor.stop(this.config.shutdown?.drainMs, this.config.shutdown?.abortGraceMs);
     await this.server.stop();
     // The last events (a checkpoint committed or aborted while draining) go out before the session closes.
-    await this.events.flush();
+    await withTimeout(this.events.flush(), DEREGISTER_TIMEOUT_MS, 'writing the last audit events').catch(() => undefined);
     if (this.events.backlog > 0) this.log.warn('audit events not written before the stop are lost', { events: this.events.backlog });
     await this.metricsServer?.stop();
     for (const pool of this.peers) pool.closeAll();
@@ -255,7 +259,8 @@ export class Agent {
   /** Marks this run stopped in the registry; a registry without quorum does not keep the agent from stopping. */
   private async deregister(): Promise<void> {
     try {
-      const applied = await this.registry.deregisterHost(this.config.hostId, this.startedAt);
+      // Bounded: without a registry quorum (most hosts down) the stop must not wait on Paxos retries.
+      const applied = await withTimeout(this.registry.deregisterHost(this.config.hostId, this.startedAt), DEREGISTER_TIMEOUT_MS, 'deregistering');
       if (!applied) this.log.warn('not deregistered: a newer run of this host registered meanwhile');
       await this.events.record({ kind: 'agent-stopped', host: this.config.hostId, outcome: 'ok', detail: `graceful stop; running since ${this.startedAt.toISOString()}` });
     } catch (err) {

@@ -1,4 +1,4 @@
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, statSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
 import { parseListenAddress } from '../util/address.ts';
 import { errorMessage } from '../util/errors.ts';
@@ -111,7 +111,10 @@ export const absolutePath = checked(text, (path) => (isAbsolute(path) ? undefine
 /** A file the agent reads at start: it must exist and be readable now, or the agent could not start. */
 export const readableFile = checked(
   absolutePath,
-  (path) => problemOf(() => accessSync(path, constants.R_OK)) && `cannot be read: ${path} does not exist or is not readable by this user`,
+  (path) => {
+    if (problemOf(() => accessSync(path, constants.R_OK)) !== undefined) return `cannot be read: ${path} does not exist or is not readable by this user`;
+    return statSync(path).isFile() ? undefined : `${path} is not a file`;
+  },
   'an absolute path to a readable file',
 );
 

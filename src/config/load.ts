@@ -129,15 +129,16 @@ function flagLayer(flags: ReadonlyMap<string, string | true>): Layer {
   const layer = emptyLayer();
   for (const { path, flag } of CONFIG_KEYS) {
     const given = flag && flags.get(flag.name);
-    if (given === undefined) continue;
-    const origin = `--${flag!.name}`;
-    layer.settings.set(path, flag!.value !== undefined ? { raw: flag!.value, fromText: false, origin } : { raw: given, fromText: true, origin });
+    if (flag === undefined || given === undefined) continue;
+    const origin = `--${flag.name}`;
+    layer.settings.set(path, flag.value !== undefined ? { raw: flag.value, fromText: false, origin } : { raw: given, fromText: true, origin });
   }
   return layer;
 }
 
+/** Whether a source chooses an alternative: gives a key of it, other than a boolean false (false, or "false" as text). */
 const chooses = (layer: Layer, alternative: string) =>
-  [...layer.settings].some(([path, setting]) => under(path, alternative) && setting.raw !== false) || layer.sections.has(alternative);
+  [...layer.settings].some(([path, { raw }]) => under(path, alternative) && raw !== false && raw !== 'false') || layer.sections.has(alternative);
 
 function merge(layers: readonly Layer[]): Layer {
   const merged = emptyLayer();

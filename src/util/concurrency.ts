@@ -1,3 +1,5 @@
+import { TimeoutError } from './errors.ts';
+
 /**
  * Runs `task` over `items` with at most `limit` running at once, preserving order in the results. The first
  * failure rejects the whole call once the tasks already running have settled (none is left dangling).
@@ -56,5 +58,21 @@ export class Semaphore {
       if (next) next();
       else this.holders--;
     }
+  }
+}
+
+/**
+ * Waits for `promise` at most `timeoutMs`, then rejects with a TimeoutError naming `what`. The promise itself goes
+ * on (it cannot be cancelled from here); its outcome is then ignored.
+ */
+export async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(`${what} did not finish within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -4,7 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { HostSupervisor } from '../../src/actors/host-supervisor.ts';
 import { ClusterClient } from '../../src/api/cluster-client.ts';
-import { EventLog, eventBucket, eventDay } from '../../src/cluster/events.ts';
+import { EventLog, eventBucket, eventDay, retentionSeconds } from '../../src/cluster/events.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { createLogger } from '../../src/util/log.ts';
@@ -39,7 +39,8 @@ beforeAll(async () => {
   await registry.ensureSchema();
   await testbed.ring.waitSchemaAgreement();
   await runCounterContainer(testbed.host(1), CONTAINER, { memoryMiB: 64 });
-  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, agentOptions));
+  // Host 1's agent is configured by a config file, as a deployed one is; the others by flags.
+  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, { ...agentOptions, configFile: i === 1 }));
 }, 180_000);
 
 afterAll(async () => {
@@ -70,6 +71,11 @@ describe('the agent on SIGTERM', () => {
       expect(ttl).toBeGreaterThan(full - 3600);
       expect(ttl).toBeLessThanOrEqual(full);
     }
+    // audit.ttlDays 0: kept forever, no TTL at all.
+    const forever = new EventLog(client, META, createLogger('test', 'error'), retentionSeconds(0));
+    await forever.record({ kind: 'host-up', host: 'host9', container: 'sd-forever', outcome: 'ok' });
+    const [written] = await forever.ofContainer('sd-forever', new Date(Date.now() - 60_000), new Date());
+    expect(await ttlOf('events_by_container', 'container = ? AND day = ? AND at >= ? AND at <= ?', ['sd-forever', eventDay(written!.at), ...cassandraTimeUuid(written!.at)])).toBeNull();
   });
 
   it('finishes the checkpoint in flight, deregisters, exits 0 and leaves no staging; its containers run on, restored nowhere', async () => {
@@ -116,7 +122,7 @@ describe('the agent on SIGTERM', () => {
     onTestFailed(() => void process.stderr.write(agentWarnings(testbed)));
     const epoch = (await registry.ownership(CONTAINER))!.epoch;
     const before = (await store.latestCommitted(CONTAINER))!.version;
-    agents[0] = await startAgent(testbed, 1, agentOptions);
+    agents[0] = await startAgent(testbed, 1, { ...agentOptions, configFile: true });
     expect((await registry.hosts()).find((h) => h.hostId === 'host1')).toMatchObject({ agentState: 'serving', grpcEndpoint: agents[0].grpcEndpoint });
     const api = new ClusterClient(agents[0].grpcEndpoint, grpc.credentials.createInsecure());
     try {

@@ -13,6 +13,7 @@ describe('lxcr', () => {
     const { stdout } = await run(process.execPath, [join(repo, 'bin/lxcr.js'), '--help']);
     expect(stdout).toMatch(/Usage: lxcr <command>/);
     expect(stdout).toMatch(/demo\s+run the end-to-end demo/);
+    expect(stdout).toMatch(/config\s+check an agent config file/);
     expect(stdout).toMatch(/testbed\s+start \(up\), inspect/);
     const sub = await run(process.execPath, [join(repo, 'bin/lxcr.js'), 'testbed', '--help']);
     expect(sub.stdout).toMatch(/lxcr testbed up\|status\|down/);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Semaphore, mapBounded } from '../../src/util/concurrency.ts';
+import { Semaphore, mapBounded, withTimeout } from '../../src/util/concurrency.ts';
+import { TimeoutError } from '../../src/util/errors.ts';
 
 const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -70,5 +71,15 @@ describe('Semaphore', () => {
 
   it('rejects a limit that is not a positive integer', () => {
     expect(() => new Semaphore(0)).toThrow(RangeError);
+  });
+});
+
+describe('withTimeout', () => {
+  it('passes a timely outcome through, and rejects a late one with a TimeoutError naming what was waited for', async () => {
+    expect(await withTimeout(tick(5).then(() => 'done'), 1000, 'a quick step')).toBe('done');
+    await expect(withTimeout(Promise.reject(new Error('boom')), 1000, 'a failing step')).rejects.toThrow('boom');
+    const late = withTimeout(tick(500), 20, 'deregistering');
+    await expect(late).rejects.toThrow(TimeoutError);
+    await expect(late).rejects.toThrow('deregistering did not finish within 20 ms');
   });
 });

@@ -110,6 +110,10 @@ describe('the agent config file', () => {
     expect(found).toContain('keep: must be an integer from 1 to 1000, got 0');
     expect(found).toContain('cassandra.address: is required; set cassandra.address in the config file, or LXCR_CASSANDRA_ADDRESS, or --cassandra');
     expect(found.find((l) => l.startsWith('grpc.tls.ca:'))).toMatch(/missing-ca\.pem does not exist or is not readable/);
+    expect(problems({ file: configFile({ ...MINIMAL, grpc: { insecure: true, tokenFile: scratch }, encryption: { keyFile: 'key' } }) })).toEqual([
+      `grpc.tokenFile: ${scratch} is not a file`,
+      'encryption.keyFile: must be an absolute path, got "key"',
+    ]);
   });
 
   it('rejects unknown keys at any depth, suggesting the key that was meant', () => {
@@ -158,6 +162,8 @@ describe('the agent config file', () => {
     const tls = { ca: pem('ca3.pem'), cert: pem('c3.pem'), key: pem('k3.pem') };
     const viaEnv = loadAgentFileConfig({ file, env: { LXCR_GRPC_TLS_CA: tls.ca, LXCR_GRPC_TLS_CERT: tls.cert, LXCR_GRPC_TLS_KEY: tls.key } });
     expect(toAgentConfig(viaEnv, 'jmx').grpc.security).toEqual({ tls });
+    // insecure=false chooses nothing: the file's tls stays.
+    expect(toAgentConfig(loadAgentFileConfig({ file: configFile({ ...MINIMAL, grpc: { tls } }), env: { LXCR_GRPC_INSECURE: 'false' } }), 'jmx').grpc.security).toEqual({ tls });
     expect(toAgentConfig(loadAgentFileConfig({ file: configFile({ ...MINIMAL, grpc: { tls } }), flags: new Map([['insecure', true]]) }), 'jmx').grpc.security).toEqual({ insecure: true });
   });
 
