@@ -52,6 +52,8 @@ export interface AgentConfig {
     localDataCenter?: string;
     /** The local node's JMX port, for the gossip view. */
     jmxPort: number;
+    /** Where the local node's JMX listens (Cassandra 4.1+ keeps it on loopback by default). Default: `address`. */
+    jmxAddress?: string;
     /** How long a request may wait for a node before the driver tries another. Default 8 s. */
     readTimeoutMs?: number;
   };
@@ -141,7 +143,7 @@ export class Agent {
     const swept = await sweepStaleStaging(config.stagingDir);
     if (swept.length > 0) log.warn('removed staging left by a previous run', { entries: swept });
     const gossip = await startGossipView({
-      kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
+      kind: config.gossip?.kind ?? 'jmx', host: config.cassandra.jmxAddress ?? config.cassandra.address, port: config.cassandra.jmxPort, intervalMs: config.gossip?.intervalMs, logger: log.child('gossip'),
     });
     const localDataCenter = config.cassandra.localDataCenter ?? 'datacenter1';
     const client = new cassandra.Client({

@@ -14,6 +14,7 @@ export function toAgentConfig(file: AgentFileConfig, gossipKind: GossipViewKind)
       address: file.cassandra.address,
       contactPoints: file.cassandra.contactPoints,
       port: file.cassandra.port,
+      jmxAddress: file.cassandra.jmxAddress,
       jmxPort: file.cassandra.jmxPort,
       localDataCenter: file.cassandra.localDataCenter,
     },

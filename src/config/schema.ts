@@ -7,8 +7,8 @@ import { absolutePath, boolean, checked, integer, integerMap, listenAddress, pro
 /**
  * The agent's per-host config file (/etc/lxcr/agent.json), declared once: every key with its kind, default,
  * the `lxcr agent` flag that overrides it and what it means. Validation, the environment overrides
- * (LXCR_<KEY_PATH>), the flags and `lxcr config check` all read this table; the format is the contract in
- * notes/config-contract.md, documented for operators in the README's Configuration section.
+ * (LXCR_<KEY_PATH>), the flags and `lxcr config check` all read this table; the README's Configuration section
+ * documents it for operators (a unit test checks it names every key).
  */
 
 /** A valid config, defaults filled in: what the file means. */
@@ -17,7 +17,7 @@ export interface AgentFileConfig {
   lxcpath: string;
   stagingDir: string;
   standby: { enabled: boolean; dir: string };
-  cassandra: { address: string; contactPoints: string[]; port: number; jmxPort: number; localDataCenter?: string };
+  cassandra: { address: string; contactPoints: string[]; port: number; jmxAddress: string; jmxPort: number; localDataCenter?: string };
   grpc: {
     listen: string;
     tls?: { ca: string; cert: string; key: string };
@@ -82,6 +82,11 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
   { path: 'cassandra.address', kind: text, required: true, flag: { name: 'cassandra' }, doc: 'the local Cassandra node\'s address: first contact point and gossip source' },
   { path: 'cassandra.contactPoints', kind: textList, default: [], flag: { name: 'contact-points' }, doc: 'more Cassandra addresses, for when the local node is not up yet' },
   { path: 'cassandra.port', kind: port, default: 9042, doc: 'the CQL native port' },
+  {
+    path: 'cassandra.jmxAddress', kind: text, flag: { name: 'jmx-address' },
+    doc: 'where the local node\'s JMX listens, for the gossip view (127.0.0.1 for Cassandra\'s loopback-only JMX)',
+    derivedDefault: (r) => r.get('cassandra.address'),
+  },
   { path: 'cassandra.jmxPort', kind: port, default: 7199, flag: { name: 'jmx-port' }, doc: 'the local node\'s JMX port, for the gossip view' },
   { path: 'cassandra.localDataCenter', kind: text, doc: 'the driver\'s local data center (default datacenter1)' },
   {

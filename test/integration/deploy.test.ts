@@ -115,7 +115,7 @@ describe('deploy/ (Ansible)', () => {
     expect(rendered).toMatchObject({
       hostId: 'deploy-test',
       lxcpath: `${root}/var/lib/lxc`,
-      cassandra: { address: testbed.hosts[0]!.address, port: 9042, jmxPort: 7199, localDataCenter: LOCAL_DATACENTER },
+      cassandra: { address: testbed.hosts[0]!.address, port: 9042, jmxAddress: '127.0.0.1', jmxPort: 7199, localDataCenter: LOCAL_DATACENTER },
       grpc: { listen: `${testbed.hosts[0]!.address}:7500`, tls: { key: `${root}/etc/lxcr/tls/host-key.pem` } },
       keyspaces: { snapshots: 'deploy_snap', snapshotReplicationFactor: 2, meta: 'deploy_meta', metaReplicationFactor: 2 },
     });

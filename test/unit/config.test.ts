@@ -45,7 +45,7 @@ describe('the agent config file', () => {
       lxcpath: '/var/lib/lxc',
       stagingDir: '/var/tmp/lxcr-staging/host1',
       standby: { enabled: true, dir: '/var/lib/lxcr/standby/host1' },
-      cassandra: { address: '10.0.0.1', contactPoints: [], port: 9042, jmxPort: 7199 },
+      cassandra: { address: '10.0.0.1', contactPoints: [], port: 9042, jmxAddress: '10.0.0.1', jmxPort: 7199 },
       grpc: { listen: '10.0.0.1:7500', insecure: true },
       schedule: {},
       keep: 2,

@@ -15,6 +15,7 @@ export const AGENT_FLAGS = {
   'host-id': { value: true, description: 'this host\'s id in the cluster (required)' },
   lxcpath: { value: true, description: 'the host\'s LXC container directory (required)' },
   cassandra: { value: true, description: 'the local Cassandra node\'s address (required)' },
+  'jmx-address': { value: true, description: 'the address the local node\'s JMX listens on (default: CASSANDRA; 127.0.0.1 for loopback-only JMX)' },
   'jmx-port': { value: true, description: 'the local node\'s JMX port, for the gossip view (default 7199)' },
   'contact-points': { value: true, description: 'more Cassandra addresses, comma-separated' },
   listen: { value: true, description: 'gRPC address host:port (default CASSANDRA:7500)' },
