@@ -164,7 +164,7 @@ export class Agent {
       });
       coordinator.start();
       const standby = config.standby && standbyCache
-        ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
+        ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, runtime, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });

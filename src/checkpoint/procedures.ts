@@ -7,7 +7,8 @@ import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
-import { RESTORE_READ, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import { ROOTFS_DIR, ROOTFS_TAR, type AssembledCopies } from '../storage/assembled-copy.ts';
+import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
@@ -23,7 +24,6 @@ import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
 const IMAGES = 'images';
 const CONFIG = 'config';
-const ROOTFS_TAR = 'rootfs.tar';
 /**
  * A CRIU image's bytes. A large one (memory pages) is read 1 MiB at a time: with a ReadStream's default 64 KiB,
  * reading took ~2x the CPU per GiB (0.6-0.9 s vs 0.3 s, measured). The many small ones (a dump has ~50 of a few KiB)
@@ -164,12 +164,24 @@ export interface RestoreFromStoreOptions {
   localReplica?: string;
   /** Chunks already on this host (its standby copy), read before Cassandra is asked. */
   cache?: ChunkCacheReader;
+  /**
+   * This host's standby copies assembled for restore: the version's copy is moved into staging instead of
+   * downloaded when its marker names exactly the manifest restored (see assembled-copy.ts).
+   */
+  assembled?: Pick<AssembledCopies, 'take'>;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
 
-export interface RestoreFromStoreResult extends DownloadResult {
-  /** Fetching and verifying the snapshot into staging. */
+export interface FetchResult extends DownloadResult {
+  /** The assembled standby copy was moved into staging: nothing was downloaded, verified or unpacked. */
+  usedAssembledCopy: boolean;
+  /** Why an offered assembled copy was not used. */
+  assembledCopyMissed?: string;
+}
+
+export interface RestoreFromStoreResult extends FetchResult {
+  /** Fetching and verifying the snapshot into staging (or moving its assembled copy there). */
   downloadMs: number;
   /** Laying out the container's config and rootfs under the lxcpath. */
   importMs: number;
@@ -188,9 +200,10 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   let imported = false;
   try {
     const started = performance.now();
-    const downloaded = await downloadLeased(options, staging);
+    const downloaded = await fetchLeased(options, staging);
     const downloadMs = performance.now() - started;
-    await runtime.importFiles(container, { config: await readFile(join(staging, CONFIG)), rootfsTarPath: join(staging, ROOTFS_TAR) });
+    const config = await readFile(join(staging, CONFIG));
+    await runtime.importFiles(container, downloaded.usedAssembledCopy ? { config, rootfsDir: join(staging, ROOTFS_DIR) } : { config, rootfsTarPath: join(staging, ROOTFS_TAR) });
     imported = true;
     const importMs = performance.now() - started - downloadMs;
     const restored = await runtime.restore(container, join(staging, IMAGES));
@@ -205,20 +218,28 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
 }
 
 /**
- * Downloads a version under a lease, so GC cannot delete it or its chunks while they are read (see gc.ts).
- * The newest version is resolved first and leased by number; if GC removed it in between, the next newest is
- * tried.
+ * Fetches a version into staging under a lease, so GC cannot delete it or its chunks while they are read (see
+ * gc.ts): its assembled standby copy when it is exactly that version, else a download. The newest version is
+ * resolved first and leased by number; if GC removed it in between, the next newest is tried.
  */
-async function downloadLeased(options: RestoreFromStoreOptions, targetDir: string): Promise<DownloadResult> {
+async function fetchLeased(options: RestoreFromStoreOptions, targetDir: string): Promise<FetchResult> {
   const { store, container } = options;
   const holder = options.holder ?? `${hostname()}-${process.pid}-${randomUUID()}`;
   for (let attempt = 0; ; attempt++) {
     const version = options.version ?? (await store.latestCommitted(container, RESTORE_READ))?.version;
     // No committed version: the download reports NotFound with the container's name.
-    if (version === undefined) return downloadSnapshot({ store, container, targetDir });
+    if (version === undefined) return { ...(await downloadSnapshot({ store, container, targetDir })), usedAssembledCopy: false };
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
+      let assembledCopyMissed: string | undefined;
+      if (options.assembled) {
+        const manifest = await committedManifest(store, container, version);
+        const taken = await options.assembled.take(container, manifest, targetDir);
+        if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true };
+        assembledCopyMissed = taken.reason;
+      }
+      const downloaded = await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
+      return { ...downloaded, usedAssembledCopy: false, assembledCopyMissed };
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {
