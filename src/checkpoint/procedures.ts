@@ -9,6 +9,7 @@ import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
 import { ROOTFS_DIR, ROOTFS_TAR, type AssembledCopies } from '../storage/assembled-copy.ts';
 import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import type { VersionManifest } from '../storage/manifest.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
@@ -169,6 +170,8 @@ export interface RestoreFromStoreOptions {
    * downloaded when its marker names exactly the manifest restored (see assembled-copy.ts).
    */
   assembled?: Pick<AssembledCopies, 'take'>;
+  /** The committed manifest of `version` (of the newest when none), if the caller read it already: one read less. */
+  manifest?: VersionManifest;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
@@ -191,7 +194,8 @@ export interface RestoreFromStoreResult extends FetchResult {
 
 /**
  * Restores a container that is not defined on this host (it crashed and was destroyed, or it lived on a host
- * that failed) from its committed snapshot. Every chunk is verified before anything is started.
+ * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
+ * downloaded, or as it was written into the assembled standby copy taken instead.
  */
 export async function restoreFromStore(options: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
   const { runtime, container } = options;
@@ -200,7 +204,7 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   let imported = false;
   try {
     const started = performance.now();
-    const downloaded = await fetchLeased(options, staging);
+    const downloaded = await fetchSnapshot(options, staging);
     const downloadMs = performance.now() - started;
     const config = await readFile(join(staging, CONFIG));
     await runtime.importFiles(container, downloaded.usedAssembledCopy ? { config, rootfsDir: join(staging, ROOTFS_DIR) } : { config, rootfsTarPath: join(staging, ROOTFS_TAR) });
@@ -218,28 +222,36 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
 }
 
 /**
- * Fetches a version into staging under a lease, so GC cannot delete it or its chunks while they are read (see
- * gc.ts): its assembled standby copy when it is exactly that version, else a download. The newest version is
- * resolved first and leased by number; if GC removed it in between, the next newest is tried.
+ * Fetches a version into staging: its assembled standby copy when that is exactly the version, else a download.
+ * Taking the assembled copy reads nothing from the store, so it needs no lease.
  */
-async function fetchLeased(options: RestoreFromStoreOptions, targetDir: string): Promise<FetchResult> {
+async function fetchSnapshot(options: RestoreFromStoreOptions, targetDir: string): Promise<FetchResult> {
+  const { store, container } = options;
+  let assembledCopyMissed: string | undefined;
+  if (options.assembled) {
+    const manifest = options.manifest ?? (await committedManifest(store, container, options.version));
+    const taken = await options.assembled.take(container, manifest, targetDir);
+    if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true };
+    assembledCopyMissed = taken.reason;
+  }
+  return { ...(await downloadLeased(options, targetDir)), usedAssembledCopy: false, assembledCopyMissed };
+}
+
+/**
+ * Downloads a version under a lease, so GC cannot delete it or its chunks while they are read (see gc.ts).
+ * The newest version is resolved first and leased by number; if GC removed it in between, the next newest is
+ * tried.
+ */
+async function downloadLeased(options: RestoreFromStoreOptions, targetDir: string): Promise<DownloadResult> {
   const { store, container } = options;
   const holder = options.holder ?? `${hostname()}-${process.pid}-${randomUUID()}`;
   for (let attempt = 0; ; attempt++) {
     const version = options.version ?? (await store.latestCommitted(container, RESTORE_READ))?.version;
     // No committed version: the download reports NotFound with the container's name.
-    if (version === undefined) return { ...(await downloadSnapshot({ store, container, targetDir })), usedAssembledCopy: false };
+    if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      let assembledCopyMissed: string | undefined;
-      if (options.assembled) {
-        const manifest = await committedManifest(store, container, version);
-        const taken = await options.assembled.take(container, manifest, targetDir);
-        if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true };
-        assembledCopyMissed = taken.reason;
-      }
-      const downloaded = await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
-      return { ...downloaded, usedAssembledCopy: false, assembledCopyMissed };
+      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {

@@ -61,7 +61,7 @@ export class RestoreService {
       return { container, host: hostId, epoch: current.epoch, version: 0, restoreMs: 0, alreadyRestored: true };
     }
     // Before any claim: a request for a snapshot that cannot be restored must not move the container anywhere.
-    await committedManifest(this.deps.store, container, request.version);
+    const manifest = await committedManifest(this.deps.store, container, request.version);
     if (current && current.epoch !== request.expectedEpoch) {
       throw new ConflictError(
         `${container} is owned by ${current.owner} at epoch ${current.epoch} (${current.state}), not at epoch ${request.expectedEpoch} as the caller saw: another claim won`,
@@ -80,7 +80,7 @@ export class RestoreService {
       await this.clearStaleCopy(container);
       const restored = await restoreFromStore({
         runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId,
-        localReplica: this.deps.cassandraAddress, cache: this.deps.standby, assembled: this.deps.standby?.assembled,
+        localReplica: this.deps.cassandraAddress, cache: this.deps.standby, assembled: this.deps.standby?.assembled, manifest,
       });
       const restoreMs = performance.now() - started;
       if (!(await registry.setState(container, hostId, epoch, 'running'))) {
