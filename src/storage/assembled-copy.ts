@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { finished } from 'node:stream/promises';
 import { errorMessage } from '../util/errors.ts';
@@ -21,7 +21,9 @@ import type { ChunkRef, SnapshotFile, VersionManifest } from './manifest.ts';
  * every file is there with its size; otherwise it reads the snapshot the usual way.
  *
  * A new version is assembled incrementally: files whose chunk list did not change (the config, usually the rootfs
- * and the small images) are moved over from the previous copy; the others are written from verified chunks.
+ * and the small images) are moved over from the previous copy; a changed image is moved over too and patched in
+ * place, only its chunks that differ at their offset written (a 64 MiB memory image whose counter page changed
+ * costs one chunk, not 64 MiB copied and hashed on every checkpoint); the rest is written from verified chunks.
  */
 
 export const ASSEMBLED_DIR = 'assembled';
@@ -35,6 +37,8 @@ interface MarkerFile {
   size: number;
   /** sha256 over the file's chunk list: equal digests mean equal bytes. */
   chunks: string;
+  /** The chunk list itself, `hash:size` in file order: where each chunk is, for patching the file in place. */
+  layout: string[];
 }
 
 interface Marker {
@@ -76,7 +80,7 @@ function markerFor(manifest: VersionManifest): Marker {
     container: manifest.container,
     version: manifest.version,
     snapshotSha256: manifest.snapshotSha256,
-    files: manifest.files.map((f) => ({ path: f.path, size: f.size, chunks: chunksDigest(f) })),
+    files: manifest.files.map((f) => ({ path: f.path, size: f.size, chunks: chunksDigest(f), layout: f.chunks.map((c) => `${c.hash}:${c.size}`) })),
   };
 }
 
@@ -167,6 +171,11 @@ export class AssembledCopies {
           result.reusedFiles++;
           continue;
         }
+        const before = previous?.files.find((p) => p.path === file.path && file.path !== ROOTFS_TAR);
+        if (before && (await present(current, { ...file, size: before.size })) && (await this.moved(join(current, entry), join(next, entry)))) {
+          result.writtenBytes += await this.patch(join(next, entry), before, file, deps);
+          continue;
+        }
         if (file.path === ROOTFS_TAR) {
           const tar = join(next, `${ROOTFS_TAR}.partial`);
           await this.writeFile(tar, file, deps);
@@ -201,6 +210,36 @@ export class AssembledCopies {
     }
   }
 
+  /**
+   * Rewrites, in a file holding `before`'s chunks, the chunks of `file` that are not already at their offset, and
+   * cuts it to `file`'s size; the bytes written.
+   */
+  private async patch(path: string, before: MarkerFile, file: SnapshotFile, deps: AssembleDeps): Promise<number> {
+    const old = new Map<number, string>();
+    let at = 0;
+    for (const chunk of before.layout) {
+      old.set(at, chunk);
+      at += Number(chunk.slice(chunk.indexOf(':') + 1));
+    }
+    const handle = await open(path, 'r+');
+    let written = 0;
+    try {
+      let offset = 0;
+      for (const ref of file.chunks) {
+        if (old.get(offset) !== `${ref.hash}:${ref.size}`) {
+          const raw = await deps.chunk(file, ref);
+          await handle.write(raw, 0, raw.length, offset);
+          written += raw.length;
+        }
+        offset += ref.size;
+      }
+      await handle.truncate(file.size);
+    } finally {
+      await handle.close();
+    }
+    return written;
+  }
+
   private async moved(from: string, to: string): Promise<boolean> {
     try {
       await rename(from, to);
@@ -213,7 +252,8 @@ export class AssembledCopies {
   private async readMarker(container: string): Promise<Marker | undefined> {
     try {
       const marker = JSON.parse(await readFile(join(this.currentDir(container), MARKER), 'utf8')) as Marker;
-      const valid = typeof marker.container === 'string' && Number.isSafeInteger(marker.version) && typeof marker.snapshotSha256 === 'string' && Array.isArray(marker.files);
+      const valid = typeof marker.container === 'string' && Number.isSafeInteger(marker.version) && typeof marker.snapshotSha256 === 'string' &&
+        Array.isArray(marker.files) && marker.files.every((f) => Array.isArray(f.layout) && f.layout.every((c) => typeof c === 'string'));
       return valid ? marker : undefined;
     } catch {
       return undefined;

@@ -109,16 +109,26 @@ describe('assembled standby copies', () => {
     pseudoRandom(4096, 9).copy(pages, 8192);
     const v2 = snapshot(2, pages);
     const result = await cache.assembled.assemble('c1', v2, deps());
-    expect(result).toEqual({ reusedFiles: 2, writtenBytes: pages.length }); // config and rootfs moved over
-    expect(chunkReads - afterFirst).toBe(v2.files[0]!.chunks.length);
+    // The config and rootfs moved over; the pages image moved over and patched: one chunk written.
+    expect(result).toEqual({ reusedFiles: 2, writtenBytes: 4096 });
+    expect(chunkReads - afterFirst).toBe(1);
     expect(await cache.assembled.version('c1')).toBe(2);
     expect(sha(readFileSync(join(cache.dir, 'c1', 'assembled/images/pages-1.img')))).toBe(sha(pages));
     expect(await cache.assembled.assemble('c1', v2, deps())).toEqual({ reusedFiles: 0, writtenBytes: 0 });
+    // A shorter image with a changed chunk: patched, and cut to its new size.
+    const shorter = Buffer.concat([pseudoRandom(4096, 11), pages.subarray(4096, 40 * 1024)]);
+    const v3 = snapshot(3, shorter);
+    expect(await cache.assembled.assemble('c1', v3, deps())).toEqual({ reusedFiles: 2, writtenBytes: 4096 });
+    expect(sha(readFileSync(join(cache.dir, 'c1', 'assembled/images/pages-1.img')))).toBe(sha(shorter));
+    // Longer: the chunks past the old end are written.
+    const v4 = snapshot(4, pages);
+    expect(await cache.assembled.assemble('c1', v4, deps())).toEqual({ reusedFiles: 2, writtenBytes: 4096 + 24 * 1024 });
+    expect(sha(readFileSync(join(cache.dir, 'c1', 'assembled/images/pages-1.img')))).toBe(sha(pages));
 
     // A ready mark keeps the assembled copy and removes what an interrupted assembly left.
     mkdirSync(join(cache.dir, 'c1', 'assembled.x.partial'));
-    await cache.markReady('c1', 2, new Set());
-    expect(await cache.assembled.version('c1')).toBe(2);
+    await cache.markReady('c1', 4, new Set());
+    expect(await cache.assembled.version('c1')).toBe(4);
     expect(existsSync(join(cache.dir, 'c1', 'assembled.x.partial'))).toBe(false);
     await cache.drop('c1');
     expect(existsSync(join(cache.dir, 'c1'))).toBe(false);
