@@ -67,7 +67,9 @@ export class AgentClusterOperations implements ClusterOperations {
     const [all, hosts] = await Promise.all([this.deps.registry.allOwnership({ degraded: true }), this.deps.registry.hosts({ degraded: true })]);
     const owners = all.sort((a, b) => a.container.localeCompare(b.container));
     const containers = await mapBounded(owners, 8, async (o): Promise<Container> => {
-      const last = await this.deps.store.latestCommitted(o.container);
+      // A container whose replica hosts are both down has no readable snapshot: it is listed all the same (its
+      // state says why), with no last snapshot, rather than failing the whole answer.
+      const last = await this.deps.store.latestCommitted(o.container).catch(() => undefined);
       const sizes = last?.manifest ? manifestSizes(decodeManifest(last.manifest)) : undefined;
       return {
         name: o.container, host: o.owner, state: this.stateOfContainer(o, hosts), epoch: o.epoch, lastVersion: last?.version ?? 0,
