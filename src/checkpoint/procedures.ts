@@ -181,6 +181,8 @@ export interface FetchResult extends DownloadResult {
   usedAssembledCopy: boolean;
   /** Why an offered assembled copy was not used. */
   assembledCopyMissed?: string;
+  /** How long taking the assembled copy waited for its assembly in progress (the prefetcher's). */
+  assembledCopyWaitedMs?: number;
 }
 
 export interface RestoreFromStoreResult extends FetchResult {
@@ -231,7 +233,7 @@ async function fetchSnapshot(options: RestoreFromStoreOptions, targetDir: string
   if (options.assembled) {
     const manifest = options.manifest ?? (await committedManifest(store, container, options.version));
     const taken = await options.assembled.take(container, manifest, targetDir);
-    if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true };
+    if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true, assembledCopyWaitedMs: taken.waitedMs };
     assembledCopyMissed = taken.reason;
   }
   return { ...(await downloadLeased(options, targetDir)), usedAssembledCopy: false, assembledCopyMissed };

@@ -129,7 +129,9 @@ export class RestoreService {
 
 /** How a restore got its snapshot into staging, for its restore-done event. */
 function fetchedHow(fetched: FetchResult): string {
-  if (fetched.usedAssembledCopy) return `assembled standby copy moved into place (${fetched.bytes} bytes, nothing downloaded)`;
+  if (fetched.usedAssembledCopy) {
+    return `assembled standby copy moved into place (${fetched.bytes} bytes, nothing downloaded, ${Math.round(fetched.assembledCopyWaitedMs ?? 0)} ms waiting for its assembly)`;
+  }
   const missed = fetched.assembledCopyMissed === undefined ? '' : `; assembled copy not used: ${fetched.assembledCopyMissed}`;
   return `download (${fetched.bytes} bytes, ${fetched.fromCache} chunks from the standby copy${missed})`;
 }

@@ -62,7 +62,8 @@ export interface AssembleResult {
   writtenBytes: number;
 }
 
-export type TakeResult = { taken: true; bytes: number } | { taken: false; reason: string };
+/** `waitedMs`: how long the take waited for an assembly of the same container in progress. */
+export type TakeResult = { taken: true; bytes: number; waitedMs: number } | { taken: false; reason: string };
 
 /** Where a file of the snapshot lives in an assembled copy. */
 function entryOf(path: string): string {
@@ -131,7 +132,9 @@ export class AssembledCopies {
    * snapshot and complete; otherwise leaves it and says why not.
    */
   take(container: string, manifest: VersionManifest, targetDir: string): Promise<TakeResult> {
+    const asked = performance.now();
     return this.exclusive(container, async (): Promise<TakeResult> => {
+      const waitedMs = performance.now() - asked;
       const current = this.currentDir(container);
       const wrong = mismatch(await this.readMarker(container), manifest);
       if (wrong) return { taken: false, reason: wrong };
@@ -146,7 +149,7 @@ export class AssembledCopies {
         const hint = (err as NodeJS.ErrnoException).code === 'EXDEV' ? ' (put the standby directory on the staging directory\'s filesystem)' : '';
         return { taken: false, reason: `cannot move the assembled copy to ${targetDir}: ${errorMessage(err)}${hint}` };
       }
-      return { taken: true, bytes };
+      return { taken: true, bytes, waitedMs };
     });
   }
 

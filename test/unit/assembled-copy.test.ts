@@ -72,7 +72,7 @@ describe('assembled standby copies', () => {
 
     const staging = join(dir, 'staging', 'c1.restore');
     const taken = await cache.assembled.take('c1', v1, staging);
-    expect(taken).toEqual({ taken: true, bytes: pages.length + v1.files[1]!.size + rootfsTar.length });
+    expect(taken).toMatchObject({ taken: true, bytes: pages.length + v1.files[1]!.size + rootfsTar.length });
     expect(sha(readFileSync(join(staging, 'images/pages-1.img')))).toBe(sha(pages));
     expect(readFileSync(join(staging, 'rootfs/bin/counter'), 'utf8')).toBe('echo counting\n');
     expect(statSync(join(staging, 'rootfs/bin/counter')).mode & 0o777).toBe(0o755);
@@ -95,6 +95,12 @@ describe('assembled standby copies', () => {
     // The next assembly repairs the damaged file though the marker names the version.
     expect(await cache.assembled.assemble('c1', v1, deps())).toEqual({ reusedFiles: 2, writtenBytes: v1.files[0]!.size });
     expect((await cache.assembled.take('c1', v1, join(dir, 's3'))).taken).toBe(true);
+    // A take asked during an assembly waits for it, and says how long.
+    const assembling = cache.assembled.assemble('c1', v1, deps());
+    const during = await cache.assembled.take('c1', v1, join(dir, 's5'));
+    await assembling;
+    expect(during).toMatchObject({ taken: true, waitedMs: expect.any(Number) as number });
+    await cache.assembled.assemble('c1', v1, deps());
     await cache.assembled.assemble('c1', v1, deps());
     writeFileSync(join(assembled, 'assembled.json'), '{not json');
     expect(await cache.assembled.take('c1', v1, join(dir, 's4'))).toEqual({ taken: false, reason: 'no assembled copy (or its marker is missing or unreadable)' });
