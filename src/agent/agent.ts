@@ -198,8 +198,11 @@ export class Agent {
       const handoffService = new HandoffService({ hostId: config.hostId, registry, events, supervisor, logger: log.child('handoff') });
       const agentPeers = new ClientPool((endpoint) => new AgentClient(endpoint, credentials.peers));
       const clusterPeers = new ClientPool((endpoint) => new ClusterClient(endpoint, credentials.peers, { token }));
+      // What the coordinator finds lost while the registry has no quorum to record it, shown by ListContainers.
+      const replicasNotFound = new Set<string>();
       const cluster = new AgentClusterOperations({
         hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
+        replicasNotFound,
       });
       const server = await startAgentServer({
         address: config.grpc.listen, credentials: credentials.server, cluster, logger: log, clusterToken: token,
@@ -216,13 +219,13 @@ export class Agent {
       await registry.registerHost({ hostId: config.hostId, cassandraAddress: config.cassandra.address, grpcEndpoint: server.endpoint, startedAt });
 
       const coordinator = new FailoverCoordinator({
-        hostId: config.hostId, gossip, registry, store, events, logger: log,
+        hostId: config.hostId, gossip, registry, store, events, logger: log, replicasNotFound,
         clientFor: (endpoint) => agentPeers.get(endpoint),
         concurrency: config.failover?.concurrency, followerDelayMs: config.failover?.followerDelayMs, reconcileMs: config.failover?.reconcileMs,
       });
       coordinator.start();
       const standby = config.standby && standbyCache
-        ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
+        ? new StandbyPrefetcher({ hostId: config.hostId, store, registry, cache: standbyCache, runtime, cassandraAddress: config.cassandra.address, logger: log.child('standby'), intervalMs: config.standby.intervalMs })
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, metrics: metricsServer?.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });

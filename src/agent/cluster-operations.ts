@@ -34,6 +34,11 @@ export interface ClusterOperationsDeps {
   peer: (endpoint: string) => { checkpoint(container: string, forwardedBy: string): Promise<CheckpointResponse> };
   /** The agents' own API of another agent (this one's included): hand-offs and restores. */
   agent: (endpoint: string) => Pick<AgentClient, 'handOff' | 'restore'>;
+  /**
+   * Containers this agent's failover coordinator found with their owner and both replica hosts down. With 2 of 3
+   * hosts down the registry has no quorum to record that; ListContainers shows it from here meanwhile.
+   */
+  replicasNotFound?: ReadonlySet<string>;
 }
 
 /** A last checkpoint of a large container may take minutes; so may its restore. */
@@ -59,12 +64,15 @@ export class AgentClusterOperations implements ClusterOperations {
   }
 
   async listContainers(): Promise<ListContainersResponse> {
-    const owners = (await this.deps.registry.allOwnership({ degraded: true })).sort((a, b) => a.container.localeCompare(b.container));
+    const [all, hosts] = await Promise.all([this.deps.registry.allOwnership({ degraded: true }), this.deps.registry.hosts({ degraded: true })]);
+    const owners = all.sort((a, b) => a.container.localeCompare(b.container));
     const containers = await mapBounded(owners, 8, async (o): Promise<Container> => {
-      const last = await this.deps.store.latestCommitted(o.container);
+      // A container whose replica hosts are both down has no readable snapshot: it is listed all the same (its
+      // state says why), with no last snapshot, rather than failing the whole answer.
+      const last = await this.deps.store.latestCommitted(o.container).catch(() => undefined);
       const sizes = last?.manifest ? manifestSizes(decodeManifest(last.manifest)) : undefined;
       return {
-        name: o.container, host: o.owner, state: o.state, epoch: o.epoch, lastVersion: last?.version ?? 0,
+        name: o.container, host: o.owner, state: this.stateOfContainer(o, hosts), epoch: o.epoch, lastVersion: last?.version ?? 0,
         lastCommittedAtMs: last?.committedAt?.getTime() ?? 0, lastLogicalBytes: sizes?.logicalBytes ?? 0, lastStoredBytes: sizes?.storedBytes ?? 0,
       };
     });
@@ -184,6 +192,16 @@ export class AgentClusterOperations implements ClusterOperations {
       if (host && this.stateOf(host) === 'UN') return host;
     }
     throw new FailedPreconditionError(`both replica hosts of ${container} are down: name a target host to restore it from a remote replica`);
+  }
+
+  /**
+   * The registry's state, unless this agent's coordinator found the container's replica hosts down while its owner
+   * is still DN here: then "replicas-not-found", which the registry may have had no quorum to record.
+   */
+  private stateOfContainer(o: Ownership, hosts: readonly HostRecord[]): string {
+    if (o.state === 'replicas-not-found' || !this.deps.replicasNotFound?.has(o.container)) return o.state;
+    const owner = hosts.find((h) => h.hostId === o.owner);
+    return owner && this.stateOf(owner) === 'DN' ? 'replicas-not-found' : o.state;
   }
 
   private stateOf(host: HostRecord): string {

@@ -7,7 +7,9 @@ import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
-import { RESTORE_READ, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import { ROOTFS_DIR, ROOTFS_TAR, type AssembledCopies } from '../storage/assembled-copy.ts';
+import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import type { VersionManifest } from '../storage/manifest.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
@@ -23,7 +25,6 @@ import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
 const IMAGES = 'images';
 const CONFIG = 'config';
-const ROOTFS_TAR = 'rootfs.tar';
 /**
  * A CRIU image's bytes. A large one (memory pages) is read 1 MiB at a time: with a ReadStream's default 64 KiB,
  * reading took ~2x the CPU per GiB (0.6-0.9 s vs 0.3 s, measured). The many small ones (a dump has ~50 of a few KiB)
@@ -186,12 +187,28 @@ export interface RestoreFromStoreOptions {
   localReplica?: string;
   /** Chunks already on this host (its standby copy), read before Cassandra is asked. */
   cache?: ChunkCacheReader;
+  /**
+   * This host's standby copies assembled for restore: the version's copy is moved into staging instead of
+   * downloaded when its marker names exactly the manifest restored (see assembled-copy.ts).
+   */
+  assembled?: Pick<AssembledCopies, 'take'>;
+  /** The committed manifest of `version` (of the newest when none), if the caller read it already: one read less. */
+  manifest?: VersionManifest;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
 
-export interface RestoreFromStoreResult extends DownloadResult {
-  /** Fetching and verifying the snapshot into staging. */
+export interface FetchResult extends DownloadResult {
+  /** The assembled standby copy was moved into staging: nothing was downloaded, verified or unpacked. */
+  usedAssembledCopy: boolean;
+  /** Why an offered assembled copy was not used. */
+  assembledCopyMissed?: string;
+  /** How long taking the assembled copy waited for its assembly in progress (the prefetcher's). */
+  assembledCopyWaitedMs?: number;
+}
+
+export interface RestoreFromStoreResult extends FetchResult {
+  /** Fetching and verifying the snapshot into staging (or moving its assembled copy there). */
   downloadMs: number;
   /** Laying out the container's config and rootfs under the lxcpath. */
   importMs: number;
@@ -201,7 +218,8 @@ export interface RestoreFromStoreResult extends DownloadResult {
 
 /**
  * Restores a container that is not defined on this host (it crashed and was destroyed, or it lived on a host
- * that failed) from its committed snapshot. Every chunk is verified before anything is started.
+ * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
+ * downloaded, or as it was written into the assembled standby copy taken instead.
  */
 export async function restoreFromStore(options: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
   const { runtime, container } = options;
@@ -210,9 +228,10 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   let imported = false;
   try {
     const started = performance.now();
-    const downloaded = await downloadLeased(options, staging);
+    const downloaded = await fetchSnapshot(options, staging);
     const downloadMs = performance.now() - started;
-    await runtime.importFiles(container, { config: await readFile(join(staging, CONFIG)), rootfsTarPath: join(staging, ROOTFS_TAR) });
+    const config = await readFile(join(staging, CONFIG));
+    await runtime.importFiles(container, downloaded.usedAssembledCopy ? { config, rootfsDir: join(staging, ROOTFS_DIR) } : { config, rootfsTarPath: join(staging, ROOTFS_TAR) });
     imported = true;
     const importMs = performance.now() - started - downloadMs;
     const restored = await runtime.restore(container, join(staging, IMAGES));
@@ -224,6 +243,22 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+}
+
+/**
+ * Fetches a version into staging: its assembled standby copy when that is exactly the version, else a download.
+ * Taking the assembled copy reads nothing from the store, so it needs no lease.
+ */
+async function fetchSnapshot(options: RestoreFromStoreOptions, targetDir: string): Promise<FetchResult> {
+  const { store, container } = options;
+  let assembledCopyMissed: string | undefined;
+  if (options.assembled) {
+    const manifest = options.manifest ?? (await committedManifest(store, container, options.version));
+    const taken = await options.assembled.take(container, manifest, targetDir);
+    if (taken.taken) return { manifest, bytes: taken.bytes, repairedFromReplica: 0, fromCache: 0, usedAssembledCopy: true, assembledCopyWaitedMs: taken.waitedMs };
+    assembledCopyMissed = taken.reason;
+  }
+  return { ...(await downloadLeased(options, targetDir)), usedAssembledCopy: false, assembledCopyMissed };
 }
 
 /**

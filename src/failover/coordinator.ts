@@ -38,6 +38,8 @@ export interface CoordinatorDeps {
   /** The gRPC client of the agent at an endpoint. */
   clientFor: (endpoint: string) => RestoreClient;
   logger: Logger;
+  /** Where the coordinator keeps the containers it found with both replica hosts down; default its own set. */
+  replicasNotFound?: Set<string>;
   /** Restores requested at once. Default 8: a restore from a standby copy is mostly waits (claims, events, lxc-checkpoint -r). */
   concurrency?: number;
   /** How long one Restore call may take. Default 5 min. */
@@ -73,11 +75,16 @@ export class FailoverCoordinator {
   /** When each orphaned container was first seen, for the follower delay. */
   private readonly firstSeen = new Map<string, number>();
   private readonly announcedDown = new Set<string>();
-  /** Containers whose owner and both replica hosts are down, as this coordinator last saw them. */
-  readonly replicasNotFound = new Set<string>();
+  /**
+   * Containers whose owner and both replica hosts are down, as this coordinator last saw them. Shared with the
+   * public API (deps.replicasNotFound), which shows them so even when the registry, short of a quorum, could not
+   * be told.
+   */
+  readonly replicasNotFound: Set<string>;
 
   constructor(private readonly deps: CoordinatorDeps) {
     this.log = deps.logger.child('failover');
+    this.replicasNotFound = deps.replicasNotFound ?? new Set();
   }
 
   start(): void {
@@ -131,6 +138,7 @@ export class FailoverCoordinator {
       (o) => down.has(o.owner) || (o.state === 'restore-failed' && this.retryDue(o, now)) || this.stuckRestoring(o, now) || this.stuckReleased(o, now),
     );
     for (const container of this.firstSeen.keys()) if (!orphans.some((o) => o.container === container)) this.firstSeen.delete(container);
+    for (const container of this.replicasNotFound) if (!orphans.some((o) => o.container === container)) this.replicasNotFound.delete(container);
     for (const o of orphans) if (!this.firstSeen.has(o.container)) this.firstSeen.set(o.container, now);
     const due = orphans.filter((o) => leader || now - this.firstSeen.get(o.container)! >= (this.deps.followerDelayMs ?? 2000));
     if (due.length === 0) return [];

@@ -1,6 +1,6 @@
 import type { ValidRestoreRequest } from '../api/agent-server.ts';
 import type { RestoreResponse } from '../api/generated/lxcr/v1/RestoreResponse.ts';
-import { restoreFromStore } from '../checkpoint/procedures.ts';
+import { restoreFromStore, type FetchResult } from '../checkpoint/procedures.ts';
 import { committedManifest } from '../storage/snapshots.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
@@ -66,7 +66,7 @@ export class RestoreService {
       return { container, host: hostId, epoch: current.epoch, version: 0, restoreMs: 0, alreadyRestored: true };
     }
     // Before any claim: a request for a snapshot that cannot be restored must not move the container anywhere.
-    await committedManifest(this.deps.store, container, request.version);
+    const manifest = await committedManifest(this.deps.store, container, request.version);
     if (current && current.epoch !== request.expectedEpoch) {
       throw new ConflictError(
         `${container} is owned by ${current.owner} at epoch ${current.epoch} (${current.state}), not at epoch ${request.expectedEpoch} as the caller saw: another claim won`,
@@ -85,7 +85,7 @@ export class RestoreService {
       await this.clearStaleCopy(container);
       const restored = await restoreFromStore({
         runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId,
-        localReplica: this.deps.cassandraAddress, cache: this.deps.standby,
+        localReplica: this.deps.cassandraAddress, cache: this.deps.standby, assembled: this.deps.standby?.assembled, manifest,
       });
       const restoreMs = performance.now() - started;
       if (!(await registry.setState(container, hostId, epoch, 'running'))) {
@@ -96,11 +96,12 @@ export class RestoreService {
       }
       await events.record({
         kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, bytes: restored.bytes, outcome: 'ok',
-        detail: `download ${Math.round(restored.downloadMs)} ms (${restored.bytes} bytes, ${restored.fromCache} chunks from the standby copy), import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+        detail: `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
       });
       log.info('restored after a failover', {
         epoch, version: restored.manifest.version, totalMs: Math.round(restoreMs), downloadMs: Math.round(restored.downloadMs),
-        importMs: Math.round(restored.importMs), criuRestoreMs: Math.round(restored.restoreMs), bytes: restored.bytes, chunksFromStandby: restored.fromCache, fromHost: request.fromHost,
+        importMs: Math.round(restored.importMs), criuRestoreMs: Math.round(restored.restoreMs), bytes: restored.bytes,
+        usedAssembledCopy: restored.usedAssembledCopy, assembledCopyMissed: restored.assembledCopyMissed, chunksFromStandby: restored.fromCache, fromHost: request.fromHost,
       });
       await this.deps.standby?.drop(container).catch(() => undefined); // it runs here now: no copy needed
       this.deps.onRestored?.(container);
@@ -129,4 +130,13 @@ export class RestoreService {
     }
     await runtime.destroy(container);
   }
+}
+
+/** How a restore got its snapshot into staging, for its restore-done event. */
+function fetchedHow(fetched: FetchResult): string {
+  if (fetched.usedAssembledCopy) {
+    return `assembled standby copy moved into place (${fetched.bytes} bytes, nothing downloaded, ${Math.round(fetched.assembledCopyWaitedMs ?? 0)} ms waiting for its assembly)`;
+  }
+  const missed = fetched.assembledCopyMissed === undefined ? '' : `; assembled copy not used: ${fetched.assembledCopyMissed}`;
+  return `download (${fetched.bytes} bytes, ${fetched.fromCache} chunks from the standby copy${missed})`;
 }

@@ -4,8 +4,8 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
-import { delimiter, join, resolve } from 'node:path';
+import { mkdir, open, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
   AlreadyExistsError,
@@ -29,6 +29,7 @@ import {
   isContainerState,
   type CheckpointOptions,
   type ExportedContainer,
+  type ImportedFiles,
   type CheckpointResult,
   type ContainerRuntime,
   type ContainerState,
@@ -153,6 +154,17 @@ async function replaceAtomically(target: string, create: (temporary: string) => 
   const temporary = `${target}.${process.pid}.${randomBytes(4).toString('hex')}`;
   await create(temporary);
   await rename(temporary, target);
+}
+
+/** Moves a directory by renaming it; across filesystems (EXDEV) by copying it, owners and modes kept, then deleting it. */
+async function moveDirectory(from: string, to: string, timeoutMs: number): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    await run('cp', ['-a', '--', from, to], { timeoutMs });
+    await rm(from, { recursive: true, force: true });
+  }
 }
 
 /**
@@ -443,7 +455,7 @@ export class LxcRuntime implements ContainerRuntime {
     return { config: Buffer.from(config), openRootfsTar: () => tarStream(rootfs) };
   }
 
-  async importFiles(name: string, files: { config: Buffer; rootfsTarPath: string }): Promise<void> {
+  async importFiles(name: string, files: ImportedFiles): Promise<void> {
     validateContainerName(name);
     if (await this.exists(name)) throw new AlreadyExistsError(`container ${name} already exists in ${this.lxcpath}`);
     const dir = this.containerDir(name);
@@ -451,9 +463,19 @@ export class LxcRuntime implements ContainerRuntime {
     await mkdir(dir, { recursive: true, mode: 0o750 });
     // The config goes last: until it exists the half-imported directory is no container at all.
     const rootfs = rootfsFromConfig(config, dir);
-    await mkdir(rootfs, { recursive: true });
-    await run('tar', ['--numeric-owner', '-xpf', files.rootfsTarPath, '-C', rootfs], { timeoutMs: this.options.checkpointTimeoutMs });
+    if ('rootfsDir' in files) {
+      await mkdir(dirname(rootfs), { recursive: true });
+      await rm(rootfs, { recursive: true, force: true }); // a leftover of an interrupted import: no container yet
+      await moveDirectory(files.rootfsDir, rootfs, this.options.checkpointTimeoutMs);
+    } else {
+      await mkdir(rootfs, { recursive: true });
+      await this.unpackRootfs(files.rootfsTarPath, rootfs);
+    }
     await writeFile(this.configPath(name), config);
+  }
+
+  async unpackRootfs(tarPath: string, targetDir: string): Promise<void> {
+    await run('tar', ['--numeric-owner', '-xpf', tarPath, '-C', targetDir], { timeoutMs: this.options.checkpointTimeoutMs });
   }
 
   private verboseFlag(): string[] {

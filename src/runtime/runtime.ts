@@ -90,8 +90,13 @@ export interface ContainerRuntime {
    * (started when `openRootfsTar` is called; its iteration fails if tar fails).
    */
   exportFiles(name: string): Promise<ExportedContainer>;
-  /** Lays out a container that does not exist on this host yet from exported files, ready for {@link restore}. */
-  importFiles(name: string, files: { config: Buffer; rootfsTarPath: string }): Promise<void>;
+  /**
+   * Lays out a container that does not exist on this host yet from exported files, ready for {@link restore}: its
+   * rootfs unpacked from the tar, or a directory {@link unpackRootfs} filled earlier, moved into place.
+   */
+  importFiles(name: string, files: ImportedFiles): Promise<void>;
+  /** Unpacks an exported rootfs tar into an existing empty directory, numeric owners and modes kept. */
+  unpackRootfs(tarPath: string, targetDir: string): Promise<void>;
   /** The container's configuration file, part of every snapshot. */
   configPath(name: string): string;
   /** The container's root filesystem directory, as its configuration names it; part of every snapshot. */
@@ -100,6 +105,9 @@ export interface ContainerRuntime {
 
 /** Stands for the container's own directory in an exported config. */
 export const CONTAINER_DIR_PLACEHOLDER = '@LXCR_CONTAINER_DIR@';
+
+/** The files {@link ContainerRuntime.importFiles} lays out: the exported config and the rootfs, as a tar or unpacked. */
+export type ImportedFiles = { config: Buffer } & ({ rootfsTarPath: string } | { rootfsDir: string });
 
 export interface ExportedContainer {
   config: Buffer;

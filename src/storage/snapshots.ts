@@ -395,7 +395,7 @@ export async function committedManifest(store: Pick<SnapshotStore, 'latestCommit
 }
 
 /** Whether raw chunk bytes are the chunk the manifest names (size and sha256). */
-function verifies(raw: Buffer, ref: ChunkRef): boolean {
+export function verifiesChunk(raw: Buffer, ref: ChunkRef): boolean {
   return raw.length === ref.size && createHash('sha256').update(raw).digest('hex') === ref.hash;
 }
 
@@ -421,7 +421,7 @@ export async function readVerifiedChunk(
         continue;
       }
       const raw = await decodeChunk(ref.codec, stored, ref.size);
-      if (verifies(raw, ref)) return { raw, repaired: attempt > 0 };
+      if (verifiesChunk(raw, ref)) return { raw, repaired: attempt > 0 };
       problems.push(`${host ?? 'any replica'}: sha256 mismatch`);
     } catch (err) {
       problems.push(`${host ?? 'any replica'}: ${errorMessage(err)}`);
@@ -442,7 +442,7 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
   const { cache } = options;
   const fetchVerified = async (file: SnapshotFile, ref: ChunkRef): Promise<Buffer> => {
     const cached = await cache?.get(container, ref.hash);
-    if (cached && verifies(cached, ref)) {
+    if (cached && verifiesChunk(cached, ref)) {
       fromCache++;
       return cached;
     }

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import { ASSEMBLED_DIR, AssembledCopies } from './assembled-copy.ts';
 
 /**
  * A replica host's local copy of the newest committed snapshot of each container it is a replica of, kept up
@@ -13,6 +14,10 @@ import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
  * whose chunks are all present. Every chunk is verified against its manifest's sha256 when it is read back, so a
  * damaged or stale file only costs a read from Cassandra, never a wrong restore. The cache holds no state the
  * cluster needs: deleting it loses nothing.
+ *
+ * Beside the chunks, `<dir>/<container>/assembled/` holds the same version assembled into the files a restore
+ * consumes (see assembled-copy.ts), so a failover restore moves it into place instead of copying. A container's
+ * copy is thus at most its snapshot twice over (chunks and assembled files) while a new version is assembled.
  */
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -24,7 +29,12 @@ export interface ChunkCacheReader {
 }
 
 export class StandbyCache implements ChunkCacheReader {
-  constructor(readonly dir: string) {}
+  /** Each container's copy assembled for restore, beside its chunks. */
+  readonly assembled: AssembledCopies;
+
+  constructor(readonly dir: string) {
+    this.assembled = new AssembledCopies((container) => this.containerDir(container));
+  }
 
   async get(container: string, hash: string): Promise<Buffer | undefined> {
     try {
@@ -55,12 +65,12 @@ export class StandbyCache implements ChunkCacheReader {
 
   /**
    * Records that every chunk of `version` is cached, and deletes the cached chunks it does not reference (and
-   * leftovers of interrupted writes): the cache keeps one version per container.
+   * leftovers of interrupted writes, assembled copies' included): the cache keeps one version per container.
    */
   async markReady(container: string, version: number, hashes: ReadonlySet<string>): Promise<void> {
     const dir = this.containerDir(container);
     for (const name of await this.entries(container)) {
-      if (name !== READY && !hashes.has(name)) await rm(join(dir, name), { force: true });
+      if (name !== READY && name !== ASSEMBLED_DIR && !hashes.has(name)) await rm(join(dir, name), { recursive: true, force: true });
     }
     const partial = join(dir, `${READY}.${randomUUID()}.partial`);
     await writeFile(partial, String(version));
@@ -100,7 +110,8 @@ export class StandbyCache implements ChunkCacheReader {
     }
   }
 
-  private containerDir(container: string): string {
+  /** The container's directory in the cache; throws InvalidArgumentError for a name that cannot be one. */
+  containerDir(container: string): string {
     // Container names come from the registry and the store: never let one name a path outside the cache.
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(container)) {
       throw new InvalidArgumentError(`container name ${JSON.stringify(container)} cannot name a standby cache directory`);

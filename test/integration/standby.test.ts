@@ -11,6 +11,7 @@ import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { downloadSnapshot, uploadSnapshot, type SnapshotSource } from '../../src/storage/snapshots.ts';
 import { StandbyCache } from '../../src/storage/standby-cache.ts';
 import { createLogger } from '../../src/util/log.ts';
+import { runtimeFor } from '../../testcontainers/lxc.ts';
 import { pseudoRandom } from '../support/bytes.ts';
 import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
@@ -54,7 +55,7 @@ describe('standby copies of the snapshots a host would restore', () => {
   const cache = new StandbyCache(join(scratch, 'cache'));
   const prefetcherOf = (index: number) =>
     new StandbyPrefetcher({
-      hostId: testbed.host(index).hostId, store, registry, cache, cassandraAddress: testbed.host(index).address, logger: createLogger('test', 'error'),
+      hostId: testbed.host(index).hostId, store, registry, cache, runtime: runtimeFor(testbed.host(index)), cassandraAddress: testbed.host(index).address, logger: createLogger('test', 'error'),
     });
 
   it('copies the newest committed version on the replica host that does not own it, verified, then only what changed', async () => {
@@ -68,6 +69,9 @@ describe('standby copies of the snapshots a host would restore', () => {
     expect(first.failed).toEqual(new Map());
     expect(first.updated.get(container)).toBe(v1.version);
     expect(await cache.readyVersion(container)).toBe(v1.version);
+    // Also assembled into the file a restore consumes, byte for byte.
+    expect(await cache.assembled.version(container)).toBe(v1.version);
+    expect(sha(readFileSync(join(cache.dir, container, 'assembled/images/pages-1.img')))).toBe(sha(pages));
     const v1Chunks = await cache.chunkHashes(container);
     expect(v1Chunks.size).toBe(v1.uploadedChunks + v1.reusedChunks);
     // Nothing new: the next round reads nothing.
@@ -77,6 +81,8 @@ describe('standby copies of the snapshots a host would restore', () => {
     const v2 = await uploadSnapshot({ store, container, sourceHost: owner, policy, sources: [source('images/pages-1.img', pages)] });
     const second = await prefetcher.refresh();
     expect(second.updated.get(container)).toBe(v2.version);
+    expect(await cache.assembled.version(container)).toBe(v2.version);
+    expect(sha(readFileSync(join(cache.dir, container, 'assembled/images/pages-1.img')))).toBe(sha(pages));
     const v2Chunks = await cache.chunkHashes(container);
     // Only the chunks the change touched are new; the ones v2 no longer references are gone.
     const added = [...v2Chunks].filter((h) => !v1Chunks.has(h));
@@ -102,7 +108,7 @@ describe('standby copies of the snapshots a host would restore', () => {
   it('keeps no copy on the owner, keeps it while the copying host restores, and drops it once the container runs there', async () => {
     const ownerCache = new StandbyCache(join(scratch, 'owner-cache'));
     const onOwner = new StandbyPrefetcher({
-      hostId: testbed.host(ownerIndex()).hostId, store, registry, cache: ownerCache, cassandraAddress: testbed.host(ownerIndex()).address, logger: createLogger('test', 'error'),
+      hostId: testbed.host(ownerIndex()).hostId, store, registry, cache: ownerCache, runtime: runtimeFor(testbed.host(ownerIndex())), cassandraAddress: testbed.host(ownerIndex()).address, logger: createLogger('test', 'error'),
     });
     expect((await onOwner.refresh()).updated.has(container)).toBe(false);
     expect(await ownerCache.containers()).toEqual([]);
