@@ -2,7 +2,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Agent, type AgentConfig } from '../../src/agent/agent.ts';
+import { createLogger } from '../../src/util/log.ts';
 import {
   ChunkCipher,
   EncryptionKeyError,
@@ -108,5 +111,18 @@ describe('readChunkKeyFile', () => {
     expect(() => readChunkKeyFile(open)).toThrow(`encryption.keyFile ${open} may be read by group or others (mode 644): chmod 600 it`);
     const group = keyFile('group', key, 0o640);
     expect(() => readChunkKeyFile(group)).toThrow(/mode 640/);
+  });
+});
+
+describe('an agent with encryption.keyFile', () => {
+  it('refuses to start on a bad key file, naming it, before it creates or connects anything', async () => {
+    const open = keyFile('agent-open', key, 0o644);
+    const stagingDir = join(scratch, 'staging');
+    const config = {
+      hostId: 'host1', lxcpath: join(scratch, 'lxc'), stagingDir, cassandra: { address: '127.0.0.1', jmxPort: 1 },
+      grpc: { listen: '127.0.0.1:0', security: { insecure: true } }, encryption: { keyFile: open },
+    } as unknown as AgentConfig;
+    await expect(Agent.start(config, createLogger('test', 'error'))).rejects.toThrow(`encryption.keyFile ${open} may be read by group or others`);
+    expect(existsSync(stagingDir)).toBe(false);
   });
 });
