@@ -5,6 +5,7 @@ import type { ContainerSchedule } from '../actors/container-actor.ts';
 import { AgentClient } from '../api/agent-client.ts';
 import { ClientPool } from '../api/client-pool.ts';
 import { readTokenFile } from '../api/auth.ts';
+import { readChunkKeyFile } from '../storage/encryption.ts';
 import { ClusterClient } from '../api/cluster-client.ts';
 import { channelCredentials, serverCredentials, type TransportSecurity } from '../api/tls.ts';
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
@@ -86,7 +87,7 @@ export interface AgentConfig {
   standby?: { dir: string; intervalMs?: number } | false;
   /** The audit trail's retention: its rows expire after this many days (TTL); 0 keeps them forever. Default 90. */
   audit?: { ttlDays: number };
-  /** Encryption at rest of chunk contents: carried from the config; applied by the storage layer, not here. */
+  /** Encryption at rest of chunk contents: the key file is read at start; the snapshot store applies it (encryption.ts). */
   encryption?: { keyFile: string };
   /**
    * A graceful stop: how long the steps in flight (a checkpoint's upload, a recovery) may take to finish (default
@@ -138,6 +139,8 @@ export class Agent {
     // Read first: a bad certificate file stops the agent before it starts anything.
     const credentials = { server: serverCredentials(config.grpc.security), peers: channelCredentials(config.grpc.security) };
     const token = config.grpc.tokenFile === undefined ? undefined : readTokenFile(config.grpc.tokenFile, 'the token file');
+    const cipher = config.encryption === undefined ? undefined : readChunkKeyFile(config.encryption.keyFile);
+    if (cipher) log.info('chunk contents are encrypted at rest', { keyId: cipher.keyId });
     await mkdir(config.stagingDir, { recursive: true });
     // What a previous run of this agent left when it was killed (a stop removes its own).
     const swept = await sweepStaleStaging(config.stagingDir);
@@ -164,7 +167,7 @@ export class Agent {
     };
     try {
       await client.connect();
-      const store = new CassandraSnapshotStore({ client, keyspace: config.snapshotKeyspace ?? DEFAULT_KEYSPACE, replication: config.snapshotReplication ?? DEFAULT_REPLICATION });
+      const store = new CassandraSnapshotStore({ client, keyspace: config.snapshotKeyspace ?? DEFAULT_KEYSPACE, replication: config.snapshotReplication ?? DEFAULT_REPLICATION, cipher });
       await store.ensureSchema();
       const registry = new ClusterRegistry({ client, keyspace: config.metaKeyspace ?? DEFAULT_META_KEYSPACE, replication: config.metaReplication ?? DEFAULT_META_REPLICATION });
       await registry.ensureSchema();

@@ -5,6 +5,7 @@ import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } f
 import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
 import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, applySchema, schemaAgreement, snapshotSchema, type Replication } from './schema.ts';
+import type { ChunkCipher } from './encryption.ts';
 import type { ChunkLocation, ChunkState, SnapshotStore, VersionReadOptions, VersionRecord, VersionState } from './store.ts';
 
 const { consistencies } = cassandra.types;
@@ -29,6 +30,8 @@ export interface CassandraStoreOptions {
    * per agent bounds the load the agent puts on Cassandra. Default 16.
    */
   maxConcurrentRequests?: number;
+  /** Encryption at rest of chunk contents (SnapshotStore.cipher). Default: none. */
+  cipher?: ChunkCipher;
 }
 
 const WRITE = { prepare: true, consistency: consistencies.two };
@@ -56,8 +59,10 @@ export class CassandraSnapshotStore implements SnapshotStore {
   private readonly replication: Replication;
   /** Bounds this store's requests in flight; its `waiting` is the queue depth an operator watches. */
   readonly limiter: Semaphore;
+  readonly cipher?: ChunkCipher;
 
   constructor(options: CassandraStoreOptions) {
+    this.cipher = options.cipher;
     this.client = options.client;
     this.keyspace = options.keyspace ?? DEFAULT_KEYSPACE;
     this.replication = options.replication ?? DEFAULT_REPLICATION;

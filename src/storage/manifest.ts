@@ -19,9 +19,14 @@ import {
   isChunkCodec,
 } from './codec.ts';
 import { FailedPreconditionError, IntegrityError } from '../util/errors.ts';
+import { KEY_ID, SEAL_OVERHEAD } from './encryption.ts';
 
 export const MANIFEST_MAGIC = 'lxcr-manifest';
-export const MANIFEST_FORMAT_VERSION = 1;
+/**
+ * 2 added ChunkRef.keyId (encrypted chunks). A manifest without encrypted chunks is still written as 1, so agents
+ * that predate encryption keep reading it; one with them is 2, which such an agent refuses with "upgrade the agent".
+ */
+export const MANIFEST_FORMAT_VERSION = 2;
 
 /** One chunk of a file, in file order. */
 export interface ChunkRef {
@@ -34,6 +39,11 @@ export interface ChunkRef {
   codec: ChunkCodec;
   /** The bucket (partition) of the container's chunk table that holds the chunk. */
   bucket: number;
+  /**
+   * The id of the key the stored bytes are encrypted with (see encryption.ts); absent for a chunk stored in clear.
+   * storedSize then includes the nonce and tag.
+   */
+  keyId?: string;
 }
 
 /**
@@ -112,7 +122,8 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 export function encodeManifest(manifest: VersionManifest): Buffer {
   validateManifest(manifest);
   const body = packr.pack(manifest);
-  return packr.pack([MANIFEST_MAGIC, MANIFEST_FORMAT_VERSION, body, sha256(body)]);
+  const encrypted = manifest.files.some((file) => file.chunks.some((chunk) => chunk.keyId !== undefined));
+  return packr.pack([MANIFEST_MAGIC, encrypted ? MANIFEST_FORMAT_VERSION : 1, body, sha256(body)]);
 }
 
 /**
@@ -211,15 +222,17 @@ function validateFile(value: unknown, at: string): string {
 
 /** Returns the chunk's raw size. */
 function validateChunk(value: unknown, at: string): number {
-  const chunk = record(value, at, ['hash', 'size', 'storedSize', 'codec', 'bucket']);
+  const chunk = record(value, at, ['hash', 'size', 'storedSize', 'codec', 'bucket'], { optional: ['keyId'] });
   if (!matches(chunk.hash, SHA256_HEX)) fail(`${at}.hash`, 'is not a hex sha256');
   const size = count(chunk.size, `${at}.size`, 1);
   const storedSize = count(chunk.storedSize, `${at}.storedSize`, 1);
   if (!isChunkCodec(chunk.codec)) {
     fail(`${at}.codec`, `is ${JSON.stringify(chunk.codec)}, not one of ${CHUNK_CODECS.join(', ')}`);
   }
-  if (chunk.codec === 'none' && storedSize !== size) {
-    fail(`${at}.storedSize`, `is ${storedSize} for a raw chunk of ${size} bytes`);
+  if (chunk.keyId !== undefined && !matches(chunk.keyId, KEY_ID)) fail(`${at}.keyId`, 'is not 16 hex digits');
+  const overhead = chunk.keyId === undefined ? 0 : SEAL_OVERHEAD;
+  if (chunk.codec === 'none' && storedSize !== size + overhead) {
+    fail(`${at}.storedSize`, `is ${storedSize} for a raw chunk of ${size} bytes${overhead ? ' encrypted' : ''}`);
   }
   count(chunk.bucket, `${at}.bucket`, 0);
   return size;
@@ -244,24 +257,27 @@ function fail(at: string, problem: string): never {
   throw new IntegrityError(`manifest field ${at} ${problem}`);
 }
 
-/** A plain object with exactly `keys` (or a subset of them when optionalKeys): unknown keys are refused. */
-function record<K extends string>(
+/**
+ * A plain object with exactly `keys` (or a subset of them when optionalKeys), and any of `optional`: unknown keys
+ * are refused.
+ */
+function record<K extends string, O extends string = never>(
   value: unknown,
   at: string,
   keys: readonly K[],
-  { optionalKeys = false } = {},
-): Record<K, unknown> {
+  { optionalKeys = false, optional = [] as readonly O[] } = {},
+): Record<K, unknown> & Partial<Record<O, unknown>> {
   if (typeof value !== 'object' || value === null || Array.isArray(value) || value instanceof Uint8Array) {
     fail(at, 'is not a map');
   }
-  const allowed = new Set<string>(keys);
+  const allowed = new Set<string>([...keys, ...optional]);
   for (const key of Object.keys(value)) {
     if (!allowed.has(key)) fail(at, `has unknown key ${JSON.stringify(key)}`);
   }
   if (!optionalKeys) {
     for (const key of keys) if (!Object.hasOwn(value, key)) fail(`${at}.${key}`, 'is missing');
   }
-  return value as Record<K, unknown>;
+  return value as Record<K, unknown> & Partial<Record<O, unknown>>;
 }
 
 function list(value: unknown, at: string): unknown[] {

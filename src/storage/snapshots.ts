@@ -6,6 +6,7 @@ import { finished } from 'node:stream/promises';
 import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrError, NotFoundError, errorMessage } from '../util/errors.ts';
 import { PAGE_ALIGNMENT, hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
 import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
+import { indexCodec, openChunk, parseIndexCodec, requireKey, EncryptionKeyError } from './encryption.ts';
 import { BusyClock, ChunkArena, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
 import type { ChunkCacheReader } from './standby-cache.ts';
@@ -168,6 +169,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
+  requireReusableChunks(container, version, stored.values(), store.cipher?.keyId);
   const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
   const tally = new CompressionTally();
   /** Hashes new in this snapshot, seen by the preparing stage: a repeat is not encoded or sent twice. */
@@ -197,8 +199,9 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
       return known ? { kind: 'known', hash, size: data.length, location: known } : { kind: 'repeat', hash, size: data.length };
     }
     fresh.add(hash);
-    const encoded = await encodeWithPolicy(data, policy, encodeClock);
-    if (encoded.stored !== data) arena.release(data); // compressed: the compressed copy is what is sent
+    const compressed = await encodeWithPolicy(data, policy, encodeClock);
+    const encoded = store.cipher ? { ...compressed, stored: store.cipher.seal(container, hash, compressed.stored) } : compressed;
+    if (encoded.stored !== data) arena.release(data); // compressed or encrypted: that copy is what is sent
     return { kind: 'new', hash, size: data.length, encoded };
   };
 
@@ -289,12 +292,13 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
         } else {
           const { encoded } = chunk;
           tally.add(encoded);
-          location = { hash: chunk.hash, bucket: buckets.place(encoded.stored.length), rawSize: chunk.size, storedSize: encoded.stored.length, codec: encoded.codec };
+          location = { hash: chunk.hash, bucket: buckets.place(encoded.stored.length), rawSize: chunk.size, storedSize: encoded.stored.length, codec: indexCodec(encoded.codec, store.cipher?.keyId) };
           // If any upload fails the version is never committed, so nothing ever references a chunk that did not arrive.
           placed.set(chunk.hash, location);
           group.push({ location, bytes: encoded.stored });
         }
-        chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: location.codec as ChunkRef['codec'], bucket: location.bucket });
+        const { codec, keyId } = parseIndexCodec(location.codec);
+        chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: codec as ChunkRef['codec'], bucket: location.bucket, ...(keyId === undefined ? {} : { keyId }) });
         // A full group is registered; so is a partial one when nothing more is ready and half the put slots are
         // idle, so the writes do not wait on a slow source (but a small registration is not sent per chunk).
         if (group.length >= registrationGroup || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length + registeringChunks < (concurrency + 1) / 2)) {
@@ -338,6 +342,24 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
   return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks: uploaded.length, reusedChunks };
+}
+
+/**
+ * A version references only chunks the uploading agent can restore. Chunks stored in clear are reused by an agent
+ * with a key (turning encryption on encrypts new chunks; see the README). Chunks encrypted with another key, or
+ * any encrypted chunk for an agent without a key, cannot be reused, nor stored again beside them (the index holds
+ * one location per hash): the checkpoint is refused, naming the key needed.
+ */
+function requireReusableChunks(container: string, version: number, chunks: Iterable<ChunkLocation>, keyId: string | undefined): void {
+  for (const chunk of chunks) {
+    const stored = parseIndexCodec(chunk.codec).keyId;
+    if (stored === undefined || stored === keyId) continue;
+    const have = keyId === undefined ? 'this agent has no encryption.keyFile' : `this agent's key is ${keyId}`;
+    throw new EncryptionKeyError(
+      `checkpoint of ${container} version ${version} refused: its stored chunks are encrypted with key ${stored} and ${have}; ` +
+        'configure that key, or delete the container\'s snapshots to start over with this one',
+    );
+  }
 }
 
 /** An upload stopped before commit; the version stays uncommitted (invisible) until GC collects it. */
@@ -405,13 +427,15 @@ export function verifiesChunk(raw: Buffer, ref: ChunkRef): boolean {
  * copy was bad or missing. With no good copy anywhere: an IntegrityError naming the chunk, prefixed by `context`.
  */
 export async function readVerifiedChunk(
-  store: Pick<SnapshotStore, 'replicas' | 'getChunk'>,
+  store: Pick<SnapshotStore, 'replicas' | 'getChunk' | 'cipher'>,
   container: string,
   ref: ChunkRef,
   options: { localReplica?: string; context: string; file?: string },
 ): Promise<{ raw: Buffer; repaired: boolean }> {
   const replicas = store.replicas(container);
   const firstSource = options.localReplica !== undefined && replicas.includes(options.localReplica) ? options.localReplica : undefined;
+  // A key this agent lacks is no reason to try the other replica: it is said as such, not as a corruption.
+  if (ref.keyId !== undefined) requireKey(store.cipher, options.context, ref.keyId);
   const problems: string[] = [];
   for (const [attempt, host] of [firstSource, ...replicas].entries()) {
     try {
@@ -420,7 +444,7 @@ export async function readVerifiedChunk(
         problems.push(`${host ?? 'any replica'}: missing`);
         continue;
       }
-      const raw = await decodeChunk(ref.codec, stored, ref.size);
+      const raw = await decodeChunk(ref.codec, openChunk(store.cipher, options.context, container, ref, stored), ref.size);
       if (verifiesChunk(raw, ref)) return { raw, repaired: attempt > 0 };
       problems.push(`${host ?? 'any replica'}: sha256 mismatch`);
     } catch (err) {
@@ -434,6 +458,10 @@ export async function readVerifiedChunk(
 export async function downloadSnapshot(options: DownloadOptions): Promise<DownloadResult> {
   const { store, container, targetDir } = options;
   const manifest = await committedManifest(store, container, options.version);
+  // Every key the version needs is checked before a byte is written, so a restore without it fails at once.
+  for (const keyId of new Set(manifest.files.flatMap((file) => file.chunks.flatMap((chunk) => chunk.keyId ?? [])))) {
+    requireKey(store.cipher, `${container} version ${manifest.version}`, keyId);
+  }
   const concurrency = options.concurrency ?? DEFAULT_DOWNLOAD_CONCURRENCY;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   let bytes = 0;

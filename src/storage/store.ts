@@ -3,6 +3,8 @@
  * chunks. The Cassandra implementation is in cassandra-store.ts; the core never writes CQL itself.
  */
 
+import type { ChunkCipher } from './encryption.ts';
+
 export type VersionState = 'uploading' | 'committed';
 
 export interface VersionRecord {
@@ -42,6 +44,11 @@ export interface VersionReadOptions {
 }
 
 export interface SnapshotStore {
+  /**
+   * Encrypts the chunks uploads write to this store and opens the encrypted chunks restores read (encryption at
+   * rest, see encryption.ts); undefined: new chunks are written in clear.
+   */
+  readonly cipher?: ChunkCipher;
   /** Creates the keyspace and tables if missing. */
   ensureSchema(): Promise<void>;
   /** The container's replica hosts (their Cassandra addresses), in token-map order: the first live one restores. */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { pack } from 'msgpackr';
+import { pack, unpack } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import {
   MANIFEST_FORMAT_VERSION,
@@ -11,6 +11,7 @@ import {
   encodeManifest,
   snapshotSha256,
 } from '../../src/storage/manifest.ts';
+import { SEAL_OVERHEAD } from '../../src/storage/encryption.ts';
 import { FailedPreconditionError, IntegrityError } from '../../src/util/errors.ts';
 
 const hashOf = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -75,6 +76,17 @@ describe('encodeManifest / decodeManifest', () => {
   it('round-trips a manifest', () => {
     const manifest = sampleManifest();
     expect(decodeManifest(encodeManifest(manifest))).toEqual(manifest);
+  });
+
+  it('writes format 1 without encrypted chunks (older agents read it) and 2 with them, and reads both', () => {
+    const formatOf = (encoded: Buffer) => (unpack(encoded) as unknown[])[1];
+    expect(formatOf(encodeManifest(sampleManifest()))).toBe(1);
+    const encrypted = sampleManifest();
+    const chunk = encrypted.files[0]!.chunks[1]!;
+    Object.assign(chunk, { keyId: '0123456789abcdef', storedSize: chunk.size + SEAL_OVERHEAD });
+    const encoded = encodeManifest(encrypted);
+    expect(formatOf(encoded)).toBe(2);
+    expect(decodeManifest(encoded)).toEqual(encrypted);
   });
 
   it('round-trips a manifest with no compression decisions', () => {
@@ -142,6 +154,11 @@ describe('encodeManifest / decodeManifest', () => {
       [withFiles((f) => (f[0]!.chunks[0]!.hash = 'ABC')), /field files\[0\].chunks\[0\].hash is not a hex sha256/],
       [withFiles((f) => Object.assign(f[0]!.chunks[0]!, { codec: 'zstd' })), /chunks\[0\].codec is "zstd", not one of/],
       [withFiles((f) => (f[0]!.chunks[1]!.storedSize = 5)), /chunks\[1\].storedSize is 5 for a raw chunk of 2000000/],
+      [withFiles((f) => Object.assign(f[0]!.chunks[1]!, { keyId: 'secret' })), /chunks\[1\].keyId is not 16 hex digits/],
+      [
+        withFiles((f) => Object.assign(f[0]!.chunks[1]!, { keyId: '0123456789abcdef' })),
+        /chunks\[1\].storedSize is 2000000 for a raw chunk of 2000000 bytes encrypted/,
+      ],
       [withFiles((f) => (f[0]!.chunks[1]!.bucket = -1)), /chunks\[1\].bucket is -1, not an integer ≥ 0/],
       [{ ...sampleManifest(), timings: { freezeMs: 1, dumpMs: 1, uploadMs: 1 } }, /field timings.totalMs is missing/],
       [{ ...sampleManifest(), timings: { freezeMs: -1, dumpMs: 1, uploadMs: 1, totalMs: 1 } }, /freezeMs is -1/],
