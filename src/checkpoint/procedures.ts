@@ -7,7 +7,7 @@ import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
-import { RESTORE_READ, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import { RESTORE_READ, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type TransferProgressListener, type UploadResult } from '../storage/snapshots.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
 
@@ -132,6 +132,8 @@ export interface ReplicateOptions {
   beforeCommit?: () => Promise<void>;
   /** Aborts the upload before it commits (see UploadOptions.signal). */
   signal?: AbortSignal;
+  /** Told of the upload's progress (see UploadOptions.onProgress). */
+  onProgress?: TransferProgressListener;
 }
 
 export interface CheckpointToStoreResult extends UploadResult {
@@ -155,6 +157,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
     beforeCommit: options.beforeCommit,
     signal: options.signal,
+    onProgress: options.onProgress,
   });
   return { ...uploaded, dumpMs: staged.dumpMs, uploadMs: performance.now() - started };
 }
@@ -186,6 +189,8 @@ export interface RestoreFromStoreOptions {
   localReplica?: string;
   /** Chunks already on this host (its standby copy), read before Cassandra is asked. */
   cache?: ChunkCacheReader;
+  /** Told of the download's progress (see DownloadOptions.onProgress). */
+  onProgress?: TransferProgressListener;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
@@ -240,7 +245,7 @@ async function downloadLeased(options: RestoreFromStoreOptions, targetDir: strin
     if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
+      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache, onProgress: options.onProgress });
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {
