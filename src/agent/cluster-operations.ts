@@ -199,7 +199,7 @@ export class AgentClusterOperations implements ClusterOperations {
       const done = state.endedAt !== undefined;
       write({
         container, host: this.deps.hostId, kind: state.kind, version: state.version ?? 0, bytesDone: state.bytesDone, bytesTotal: state.bytesTotal ?? 0,
-        elapsedMs: (state.endedAt ?? performance.now()) - state.startedAt, done,
+        elapsedMs: (state.completedAt ?? state.endedAt ?? performance.now()) - state.startedAt, done,
       });
       if (done || signal.aborted) return;
       await Promise.race([transfer.ended, sleep(TRANSFER_PROGRESS_MS, undefined, { signal }).catch(() => undefined)]);

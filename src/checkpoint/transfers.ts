@@ -18,6 +18,8 @@ export interface TransferState {
   bytesTotal?: number;
   /** performance.now() when it started. */
   startedAt: number;
+  /** performance.now() when all of a known total was done (a restore then still restores the container). */
+  completedAt?: number;
   /** Set once it ended, successfully or not. */
   endedAt?: number;
 }
@@ -51,6 +53,7 @@ export class TransferTracker {
         state.bytesDone = update.bytesDone;
         state.bytesTotal = update.bytesTotal;
         state.version = update.version;
+        if (state.completedAt === undefined && update.bytesTotal !== undefined && update.bytesDone >= update.bytesTotal) state.completedAt = performance.now();
       },
       end: () => {
         if (state.endedAt !== undefined) return;

@@ -36,7 +36,8 @@ export function renderProgressLine(p: Pick<TransferProgress__Output, 'kind' | 'c
   const filled = Math.floor(fraction * BAR_WIDTH);
   const bar = `[${'#'.repeat(filled)}${'-'.repeat(BAR_WIDTH - filled)}]`;
   const percent = `${String(Math.floor(fraction * 100)).padStart(3)}%`;
-  const eta = p.done ? 'done' : bytesPerSecond > 0 ? `ETA ${formatEta((p.bytesTotal - p.bytesDone) / bytesPerSecond)}` : 'ETA ?';
+  // Under 1% done the rate is mostly the transfer's start-up (a lease, the manifest, the first reads): no ETA yet.
+  const eta = p.done ? 'done' : bytesPerSecond > 0 && fraction >= 0.01 ? `ETA ${formatEta((p.bytesTotal - p.bytesDone) / bytesPerSecond)}` : 'ETA ?';
   return `${head} ${bar} ${percent}  ${done}/${(p.bytesTotal / MIB).toFixed(1)} MiB  ${rate}  ${eta}`;
 }
 

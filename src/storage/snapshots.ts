@@ -175,6 +175,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
+  options.onProgress?.({ version, bytesDone: 0 });
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
   const tally = new CompressionTally();
@@ -451,6 +452,7 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   let bytes = 0;
   const bytesTotal = manifest.files.reduce((sum, f) => sum + f.size, 0);
+  options.onProgress?.({ version: manifest.version, bytesDone: 0, bytesTotal });
   let repairedFromReplica = 0;
   let fromCache = 0;
   const { cache } = options;

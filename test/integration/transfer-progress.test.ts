@@ -72,7 +72,8 @@ describe('lxcr checkpoint --progress', () => {
     expect(shown.status, shown.stderr).toBe(0);
     expect(shown.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host1 — frozen \\d+ ms, \\d+ ms in all; [\\d.]+ MiB snapshot, [\\d.]+ MiB uploaded\\n$`));
     const lines = progressLines(shown.stderr);
-    const upload = new RegExp(`^upload ${CONTAINER} v\\d+ on host1  ([\\d.]+) MiB  ([\\d.]+) MiB/s(  done)?$`);
+    // The version is drawn once the upload has begun it.
+    const upload = new RegExp(`^upload ${CONTAINER}(?: v\\d+)? on host1  ([\\d.]+) MiB  ([\\d.]+) MiB/s(  done)?$`);
     expect(lines.every((line) => upload.test(line)), shown.stderr).toBe(true);
     const mib = lines.map((line) => Number(upload.exec(line)![1]));
     expect(mib.length, shown.stderr).toBeGreaterThanOrEqual(2);
@@ -81,6 +82,7 @@ describe('lxcr checkpoint --progress', () => {
     expect(mib.at(-1)!).toBeGreaterThan(128);
     expect(Number(upload.exec(lines.at(-1)!)![2])).toBeGreaterThan(0);
     expect(lines.at(-1)).toMatch(/ done$/);
+    console.log(`lxcr checkpoint --progress: ${lines.length} progress lines, last: ${lines.at(-1)}`);
 
     // Off with --no-progress and with --json (then stdout is the response alone).
     const quiet = await lxcr('checkpoint', CONTAINER, '--no-progress', ...agent);
@@ -114,8 +116,10 @@ describe('WatchTransfer', () => {
       expect(restored.status, restored.stderr).toBe(0);
       expect(restored.stdout).toMatch(new RegExp(`^${CONTAINER}: restored from host1 to host2, version \\d+, epoch \\d+ — \\d+ ms in all\\n$`));
 
-      const restores = seen.filter((p) => p.kind === 'restore');
-      expect(restores.length, JSON.stringify(seen)).toBeGreaterThanOrEqual(2);
+      // Until the restore has read the version's manifest (a lease, a read) it knows neither its version nor its size.
+      expect(seen.filter((p) => p.kind === 'restore').length, JSON.stringify(seen)).toBeGreaterThanOrEqual(2);
+      const restores = seen.filter((p) => p.kind === 'restore' && p.bytesTotal > 0);
+      expect(restores.length, JSON.stringify(seen)).toBeGreaterThanOrEqual(1);
       expect(restores.every((p) => p.host === 'host2' && p.container === CONTAINER && p.version > 0 && p.bytesTotal > 128 * 1024 * 1024)).toBe(true);
       expect(restores.every((p, i) => i === 0 || p.bytesDone >= restores[i - 1]!.bytesDone)).toBe(true);
       const last = restores.at(-1)!;
@@ -123,12 +127,32 @@ describe('WatchTransfer', () => {
       expect(last.elapsedMs).toBeGreaterThan(0);
 
       const bar = new RegExp(`^restore ${CONTAINER} v\\d+ on host2 \\[[#-]{20}\\] +\\d+%  [\\d.]+/[\\d.]+ MiB  [\\d.]+ MiB/s  (ETA \\S+|done)$`);
+      const starting = new RegExp(`^restore ${CONTAINER}(?: v\\d+)? on host2  0\\.0 MiB  0\\.0 MiB/s$`);
       const lines = progressLines(restored.stderr);
-      expect(lines.length, restored.stderr).toBeGreaterThanOrEqual(1);
-      expect(lines.every((line) => bar.test(line)), restored.stderr).toBe(true);
+      expect(lines.filter((line) => bar.test(line)).length, restored.stderr).toBeGreaterThanOrEqual(1);
+      expect(lines.every((line) => bar.test(line) || starting.test(line)), restored.stderr).toBe(true);
       expect(lines.at(-1)).toMatch(/\[#{20}\] 100% .* done$/);
+      console.log(`lxcr restore --progress: ${lines.length} progress lines, last: ${lines.at(-1)}; ${restores.length} messages relayed by host3`);
     } finally {
       watcher.close();
     }
+  }, 300_000);
+});
+
+describe('lxcr migrate --progress', () => {
+  it('draws the restore on the target as a bar (and the upload on the owner when it is caught running), then the usual result', async () => {
+    const migrated = await lxcr('migrate', CONTAINER, '--to', 'host3', '--progress', '--agent', agents[0]!.grpcEndpoint, '--insecure');
+    expect(migrated.status, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toMatch(new RegExp(`^${CONTAINER}: migrated from host2 to host3, version \\d+, epoch \\d+ — frozen \\d+ ms, \\d+ ms in all\\n$`));
+    const lines = progressLines(migrated.stderr);
+    const upload = new RegExp(`^upload ${CONTAINER}(?: v\\d+)? on host2  [\\d.]+ MiB  [\\d.]+ MiB/s(  done)?$`);
+    const restore = new RegExp(`^restore ${CONTAINER}((?: v\\d+)? on host3  0\\.0 MiB  0\\.0 MiB/s| v\\d+ on host3 \\[[#-]{20}\\] +\\d+%  [\\d.]+/[\\d.]+ MiB  [\\d.]+ MiB/s  (ETA \\S+|done))$`);
+    expect(lines.every((line) => upload.test(line) || restore.test(line)), migrated.stderr).toBe(true);
+    expect(lines.at(-1)).toMatch(restore);
+    expect(lines.at(-1)).toMatch(/\[#{20}\] 100% .* done$/);
+    // The upload (if drawn) comes before the restore, each on its own line.
+    const firstRestore = lines.findIndex((line) => restore.test(line));
+    expect(lines.slice(firstRestore).every((line) => restore.test(line))).toBe(true);
+    console.log(`lxcr migrate --progress: ${lines.filter((l) => upload.test(l)).length} upload and ${lines.length - firstRestore} restore lines, last: ${lines.at(-1)}`);
   }, 300_000);
 });

@@ -20,6 +20,10 @@ describe('the progress line of lxcr checkpoint|restore|migrate', () => {
     expect(renderProgressLine({ ...base, kind: 'restore', bytesDone: 0, bytesTotal: 10 * MIB, elapsedMs: 0 })).toBe(
       'restore api-a v3 on host2 [--------------------]   0%  0.0/10.0 MiB  0.0 MiB/s  ETA ?',
     );
+    // Under 1% done: no ETA from the start-up's rate.
+    expect(renderProgressLine({ ...base, kind: 'restore', bytesDone: 0.5 * MIB, bytesTotal: 100 * MIB, elapsedMs: 1000 })).toBe(
+      'restore api-a v3 on host2 [--------------------]   0%  0.5/100.0 MiB  0.5 MiB/s  ETA ?',
+    );
   });
 
   it('draws bytes and MiB/s without a bar when the total is not known (uploads), and no version before it has one', () => {
@@ -85,6 +89,9 @@ describe('the agent\'s transfer tracker', () => {
       seen = tracker.current('api-a');
       expect(seen?.state).toMatchObject({ container: 'api-a', kind: 'upload', version: 4, bytesDone: 10 });
       expect(seen?.state.endedAt).toBeUndefined();
+      expect(seen?.state.completedAt).toBeUndefined(); // no known total
+      onProgress({ version: 4, bytesDone: 20, bytesTotal: 20 });
+      expect(seen?.state.completedAt).toBeGreaterThanOrEqual(seen!.state.startedAt);
       return Promise.resolve('uploaded');
     });
     expect(result).toBe('uploaded');

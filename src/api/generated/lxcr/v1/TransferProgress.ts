@@ -26,7 +26,9 @@ export interface TransferProgress {
    */
   'bytesTotal'?: (number | string | Long);
   /**
-   * Time since the transfer started, in milliseconds, measured on the host that runs it (no clock skew).
+   * Time the transfer has taken so far, in milliseconds, measured on the host that runs it (no clock skew): until
+   * now, or until its last byte once all of a known total are done (a restore then still restores the container).
+   * bytes_done / elapsed_ms is its throughput.
    */
   'elapsedMs'?: (number | string);
   /**
@@ -58,7 +60,9 @@ export interface TransferProgress__Output {
    */
   'bytesTotal': (number);
   /**
-   * Time since the transfer started, in milliseconds, measured on the host that runs it (no clock skew).
+   * Time the transfer has taken so far, in milliseconds, measured on the host that runs it (no clock skew): until
+   * now, or until its last byte once all of a known total are done (a restore then still restores the container).
+   * bytes_done / elapsed_ms is its throughput.
    */
   'elapsedMs': (number);
   /**
