@@ -1,7 +1,7 @@
 /**
  * The snapshot transfers running on this host, per container, for the public API's WatchTransfer (and so for
  * `lxcr`'s progress bars): the replicator's uploads and the restore service's downloads report their bytes here.
- * Only what runs now is kept; a finished transfer is forgotten once its watchers have seen its last state.
+ * Only what runs now is kept: a finished transfer is dropped at once (a watcher holding it still reads its last state).
  */
 
 import type { TransferProgressListener } from '../storage/snapshots.ts';
