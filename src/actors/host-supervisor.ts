@@ -8,7 +8,7 @@ import { NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts
 import type { Logger } from '../util/log.ts';
 import { spawnContainerActor, validateSchedule, type CheckpointOutcome, type ContainerActor, type ContainerActorDeps, type ContainerMessage, type ContainerSchedule } from './container-actor.ts';
 import { spawnGarbageCollector } from './garbage-collector.ts';
-import { spawnReplicator } from './replicator.ts';
+import { spawnReplicator, type ReplicatorDeps } from './replicator.ts';
 import { ask, resumeAfterCrash, startActorSystem, tell } from './system.ts';
 
 /**
@@ -42,6 +42,8 @@ export interface HostSupervisorOptions {
   handoffTimeoutMs?: number;
   /** The audit trail for checkpoints and GC. */
   events?: Pick<EventLog, 'record'>;
+  /** Where uploads report their progress (see replicator.ts). */
+  transfers?: ReplicatorDeps['transfers'];
 }
 
 /** The registry's say on whether this host may run a container. */
@@ -96,7 +98,7 @@ export class HostSupervisor {
     const guard = options.ownership;
     const replicator = spawnReplicator(this.system, {
       store: options.store, policy: new CompressionPolicy(), hostId: options.hostId, logger: this.log, fence: guard && ((container) => guard.checkStillOwner(container)),
-      signal: this.shutdown.signal,
+      signal: this.shutdown.signal, transfers: options.transfers,
     });
     const garbageCollector = spawnGarbageCollector(this.system, { store: options.store, keep: options.keep ?? DEFAULT_KEEP, logger: this.log });
     const deps: ContainerActorDeps = {

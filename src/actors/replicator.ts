@@ -1,5 +1,6 @@
 import type { Ref } from 'nact';
-import { replicateStaged, type CheckpointToStoreResult, type StagedSnapshot } from '../checkpoint/procedures.ts';
+import { replicateStaged, type CheckpointToStoreResult, type ReplicateOptions, type StagedSnapshot } from '../checkpoint/procedures.ts';
+import type { TransferTracker } from '../checkpoint/transfers.ts';
 import type { CompressionPolicy } from '../storage/codec.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import type { Logger } from '../util/log.ts';
@@ -24,6 +25,8 @@ export interface ReplicatorDeps {
   fence?: (container: string) => Promise<void>;
   /** Aborts the upload in progress, and any queued after it (the agent is stopping). */
   signal?: AbortSignal;
+  /** Where each upload's progress is reported (the public API's WatchTransfer). */
+  transfers?: Pick<TransferTracker, 'track'>;
 }
 
 export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref<ReplicatorMessage> {
@@ -35,9 +38,11 @@ export function spawnReplicator(parent: Ref<unknown>, deps: ReplicatorDeps): Ref
     (message) => {
       const { fence } = deps;
       const { container } = message.staged;
-      return replicateStaged(message.staged, {
-        store: deps.store, policy: deps.policy, sourceHost: deps.hostId, beforeCommit: fence && (() => fence(container)), signal: deps.signal,
-      });
+      const replicate = (onProgress?: ReplicateOptions['onProgress']) =>
+        replicateStaged(message.staged, {
+          store: deps.store, policy: deps.policy, sourceHost: deps.hostId, beforeCommit: fence && (() => fence(container)), signal: deps.signal, onProgress,
+        });
+      return deps.transfers ? deps.transfers.track(container, 'upload', undefined, replicate) : replicate();
     },
   );
 }

@@ -16,6 +16,7 @@ import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.
 import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
 import { sweepStaleStaging } from '../checkpoint/procedures.ts';
 import { AgentClusterOperations } from './cluster-operations.ts';
+import { TransferTracker } from '../checkpoint/transfers.ts';
 import { ClusterRegistry, DEFAULT_META_KEYSPACE, DEFAULT_META_REPLICATION, validateHostId } from '../cluster/registry.ts';
 import { FailoverCoordinator } from '../failover/coordinator.ts';
 import { RegistryOwnershipGuard } from '../failover/fencing.ts';
@@ -177,16 +178,18 @@ export class Agent {
       refreshOnHostDown(client, gossip, log);
 
       const runtime = new LxcRuntime({ lxcpath: config.lxcpath, logger: log.child('lxc') });
+      const transfers = new TransferTracker();
       const supervisor = new HostSupervisor({
         hostId: config.hostId, runtime, store, stagingDir: config.stagingDir, logger, pollMs: config.pollMs,
         schedule: config.schedule, keep: config.keep, ownership: new RegistryOwnershipGuard(registry, config.hostId, events), events,
+        transfers,
       });
       cleanups.push(() => supervisor.stop());
 
       const standbyCache = config.standby ? new StandbyCache(config.standby.dir) : undefined;
       const restoreService = new RestoreService({
         hostId: config.hostId, runtime, store, registry, events, stagingDir: config.stagingDir, cassandraAddress: config.cassandra.address, logger: log.child('restore'),
-        standby: standbyCache, onRestored: () => supervisor.pollNow(),
+        standby: standbyCache, onRestored: () => supervisor.pollNow(), transfers,
       });
       const metrics = new AgentMetrics({
         gossip: () => gossip.current(),
@@ -206,6 +209,7 @@ export class Agent {
       const cluster = new AgentClusterOperations({
         hostId: config.hostId, registry, store, gossip, supervisor, events, peer: (endpoint) => clusterPeers.get(endpoint), agent: (endpoint) => agentPeers.get(endpoint),
         replicasNotFound,
+        transfers,
       });
       const server = await startAgentServer({
         address: config.grpc.listen, credentials: credentials.server, cluster, logger: log, clusterToken: token,

@@ -1,6 +1,10 @@
 import type { HostSupervisor } from '../actors/host-supervisor.ts';
 import type { ClusterOperations } from '../api/cluster-server.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { ClusterClient } from '../api/cluster-client.ts';
 import type { CheckpointResponse } from '../api/generated/lxcr/v1/CheckpointResponse.ts';
+import type { TransferProgress } from '../api/generated/lxcr/v1/TransferProgress.ts';
+import type { TransferTracker } from '../checkpoint/transfers.ts';
 import type { Container } from '../api/generated/lxcr/v1/Container.ts';
 import type { ListContainersResponse } from '../api/generated/lxcr/v1/ListContainersResponse.ts';
 import type { ListHostsResponse } from '../api/generated/lxcr/v1/ListHostsResponse.ts';
@@ -31,7 +35,9 @@ export interface ClusterOperationsDeps {
   supervisor: Pick<HostSupervisor, 'checkpoint'>;
   events: Pick<EventLog, 'record' | 'between' | 'ofContainer'>;
   /** The public API of another agent, for forwarding. */
-  peer: (endpoint: string) => { checkpoint(container: string, forwardedBy: string): Promise<CheckpointResponse> };
+  peer: (endpoint: string) => Pick<ClusterClient, 'checkpoint' | 'watchTransfer'>;
+  /** This host's uploads and downloads in progress (WatchTransfer); without it, none is reported from here. */
+  transfers?: Pick<TransferTracker, 'current'>;
   /** The agents' own API of another agent (this one's included): hand-offs and restores. */
   agent: (endpoint: string) => Pick<AgentClient, 'handOff' | 'restore'>;
   /**
@@ -44,6 +50,8 @@ export interface ClusterOperationsDeps {
 /** A last checkpoint of a large container may take minutes; so may its restore. */
 const HANDOFF_TIMEOUT_MS = 10 * 60_000;
 const RESTORE_TIMEOUT_MS = 10 * 60_000;
+/** How often a watched transfer's progress is sent. */
+const TRANSFER_PROGRESS_MS = 250;
 
 export class AgentClusterOperations implements ClusterOperations {
   constructor(private readonly deps: ClusterOperationsDeps) {}
@@ -170,6 +178,40 @@ export class AgentClusterOperations implements ClusterOperations {
     const to = new Date();
     const events = container === undefined ? await this.deps.events.between(from, to) : await this.deps.events.ofContainer(container, from, to);
     return events.reverse();
+  }
+
+  /**
+   * This agent's own transfer of the container, and (unless relayed here) those of every other live agent,
+   * relayed: asking them all is simpler than knowing where a transfer runs (the owner uploads, a restore's target
+   * downloads, and a migration does one then the other), and an agent without one answers at once.
+   */
+  async watchTransfer(container: string, forwardedBy: string, write: (progress: TransferProgress) => void, signal: AbortSignal): Promise<void> {
+    const local = this.watchLocalTransfer(container, write, signal);
+    if (forwardedBy) return local;
+    const peers = (await this.deps.registry.hosts({ degraded: true })).filter((h) => h.hostId !== this.deps.hostId && h.agentState === 'serving' && this.stateOf(h) === 'UN');
+    const relays = peers.map(async (host) => {
+      const stream = this.deps.peer(host.grpcEndpoint).watchTransfer(container, write, this.deps.hostId);
+      const cancel = () => stream.cancel();
+      signal.addEventListener('abort', cancel, { once: true });
+      // A progress view: an agent that cannot answer (stopping, unreachable) leaves out only its own transfers.
+      await stream.done.catch(() => undefined).finally(() => signal.removeEventListener('abort', cancel));
+    });
+    await Promise.all([local, ...relays]);
+  }
+
+  private async watchLocalTransfer(container: string, write: (progress: TransferProgress) => void, signal: AbortSignal): Promise<void> {
+    const transfer = this.deps.transfers?.current(container);
+    if (!transfer) return;
+    for (;;) {
+      const { state } = transfer;
+      const done = state.endedAt !== undefined;
+      write({
+        container, host: this.deps.hostId, kind: state.kind, version: state.version ?? 0, bytesDone: state.bytesDone, bytesTotal: state.bytesTotal ?? 0,
+        elapsedMs: (state.completedAt ?? state.endedAt ?? performance.now()) - state.startedAt, done,
+      });
+      if (done || signal.aborted) return;
+      await Promise.race([transfer.ended, sleep(TRANSFER_PROGRESS_MS, undefined, { signal }).catch(() => undefined)]);
+    }
   }
 
   private async ownershipOf(container: string): Promise<Ownership> {

@@ -11,6 +11,13 @@ import { fromServiceError } from './status.ts';
 import { callUnary } from './unary.ts';
 import type { Event__Output } from './generated/lxcr/v1/Event.ts';
 import type { StreamEventsRequest } from './generated/lxcr/v1/StreamEventsRequest.ts';
+import type { TransferProgress__Output } from './generated/lxcr/v1/TransferProgress.ts';
+
+/** A server stream being read: `done` settles when it ends or fails; `cancel` ends it early (done then resolves). */
+export interface ServerStream {
+  done: Promise<void>;
+  cancel(): void;
+}
 
 /** A client of the public API (any agent answers for the whole cluster). Errors come back as our coded errors. */
 export class ClusterClient {
@@ -66,13 +73,24 @@ export class ClusterClient {
    * The audit trail as a stream: each event to `onEvent`, oldest first. `done` settles when the stream ends (without
    * follow, after the last event) or fails; `cancel` ends a followed stream.
    */
-  streamEvents(request: StreamEventsRequest, onEvent: (event: Event__Output) => void): { done: Promise<void>; cancel(): void } {
-    const call = this.client.StreamEvents(request, this.metadata);
+  streamEvents(request: StreamEventsRequest, onEvent: (event: Event__Output) => void): ServerStream {
+    return this.follow(`StreamEvents on ${this.endpoint}`, this.client.StreamEvents(request, this.metadata), onEvent);
+  }
+
+  /**
+   * The progress of `container`'s transfer (see WatchTransfer in cluster.proto): each message to `onProgress`;
+   * `done` settles when the transfer ends, at once when none runs. `forwardedBy`: set by a relaying agent.
+   */
+  watchTransfer(container: string, onProgress: (progress: TransferProgress__Output) => void, forwardedBy = ''): ServerStream {
+    return this.follow(`WatchTransfer of ${container} on ${this.endpoint}`, this.client.WatchTransfer({ container, forwardedBy }, this.metadata), onProgress);
+  }
+
+  private follow<T>(what: string, call: grpc.ClientReadableStream<T>, onMessage: (message: T) => void): ServerStream {
     let cancelled = false;
     const done = new Promise<void>((resolve, reject) => {
-      call.on('data', onEvent);
+      call.on('data', onMessage);
       call.on('end', () => resolve());
-      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(fromServiceError(err, `StreamEvents on ${this.endpoint}`))));
+      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(fromServiceError(err, what))));
     });
     return {
       done,

@@ -1,6 +1,5 @@
-import type * as grpc from '@grpc/grpc-js';
 import type { RecordedEvent } from '../cluster/events.ts';
-import { InvalidArgumentError, errorMessage } from '../util/errors.ts';
+import { InvalidArgumentError } from '../util/errors.ts';
 import type { CheckpointResponse } from './generated/lxcr/v1/CheckpointResponse.ts';
 import type { ClusterServiceHandlers } from './generated/lxcr/v1/ClusterService.ts';
 import type { Event } from './generated/lxcr/v1/Event.ts';
@@ -9,7 +8,8 @@ import type { ListHostsResponse } from './generated/lxcr/v1/ListHostsResponse.ts
 import type { ListSnapshotsResponse } from './generated/lxcr/v1/ListSnapshotsResponse.ts';
 import type { MoveResponse } from './generated/lxcr/v1/MoveResponse.ts';
 import type { StreamEventsRequest__Output } from './generated/lxcr/v1/StreamEventsRequest.ts';
-import { toServiceError } from './status.ts';
+import type { TransferProgress } from './generated/lxcr/v1/TransferProgress.ts';
+import { streamingHandler } from './streaming.ts';
 import { unaryHandler, type HandlerContext } from './unary.ts';
 import { requireContainerName, requireHostId } from './validation.ts';
 
@@ -25,56 +25,40 @@ export interface ClusterOperations {
   restore(container: string, version: number | undefined, targetHost: string | undefined): Promise<MoveResponse>;
   /** Audit events from `from` on (of one container, or all), oldest first. */
   eventsSince(from: Date, container: string | undefined): Promise<RecordedEvent[]>;
+  /**
+   * Writes the progress of `container`'s transfer until it ends (see WatchTransfer in cluster.proto); returns at
+   * once when none runs. `forwardedBy`: as for checkpoint; set, only this agent's own transfers are watched.
+   */
+  watchTransfer(container: string, forwardedBy: string, write: (progress: TransferProgress) => void, signal: AbortSignal): Promise<void>;
 }
 
 /** How often a followed event stream looks for new events. */
 const FOLLOW_POLL_MS = 1000;
 
-/** The events of `call`'s request, then (with follow) each new one, until the client cancels. */
-function streamEvents(operations: ClusterOperations, context: HandlerContext): grpc.handleServerStreamingCall<StreamEventsRequest__Output, Event> {
-  return (call) => {
-    let cancelled = false;
-    call.on('cancelled', () => {
-      cancelled = true;
-    });
-    const run = async () => {
-      context.authorize?.(call.metadata);
-      const { request } = call;
-      const container = request.container ? requireContainerName('StreamEvents', request.container) : undefined;
-      if (request.sinceMs > Date.now() + 60_000) throw new InvalidArgumentError(`invalid StreamEvents request: since_ms ${request.sinceMs} is in the future`);
-      let cursor = request.sinceMs > 0 ? request.sinceMs : Date.now() - 3600_000;
-      // Events of the cursor's own millisecond already sent: the next read starts at that millisecond again.
-      let sentAtCursor = new Set<string>();
-      for (;;) {
-        for (const event of await operations.eventsSince(new Date(cursor), container)) {
-          if (cancelled) return;
-          const key = JSON.stringify(event);
-          const at = event.at.getTime();
-          if (at === cursor && sentAtCursor.has(key)) continue;
-          if (at > cursor) {
-            cursor = at;
-            sentAtCursor = new Set();
-          }
-          sentAtCursor.add(key);
-          call.write(toWireEvent(event));
-        }
-        if (!request.follow || cancelled) return;
-        await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS));
-        if (cancelled) return;
+/** The events asked for, then (with follow) each new one, until the client cancels. */
+async function streamEvents(operations: ClusterOperations, request: StreamEventsRequest__Output, write: (event: Event) => void, signal: AbortSignal): Promise<void> {
+  const container = request.container ? requireContainerName('StreamEvents', request.container) : undefined;
+  if (request.sinceMs > Date.now() + 60_000) throw new InvalidArgumentError(`invalid StreamEvents request: since_ms ${request.sinceMs} is in the future`);
+  let cursor = request.sinceMs > 0 ? request.sinceMs : Date.now() - 3600_000;
+  // Events of the cursor's own millisecond already sent: the next read starts at that millisecond again.
+  let sentAtCursor = new Set<string>();
+  for (;;) {
+    for (const event of await operations.eventsSince(new Date(cursor), container)) {
+      if (signal.aborted) return;
+      const key = JSON.stringify(event);
+      const at = event.at.getTime();
+      if (at === cursor && sentAtCursor.has(key)) continue;
+      if (at > cursor) {
+        cursor = at;
+        sentAtCursor = new Set();
       }
-    };
-    run().then(
-      () => {
-        if (!cancelled) call.end();
-      },
-      (err: unknown) => {
-        context.log.warn('StreamEvents failed', { error: errorMessage(err) });
-        context.onRefused?.('StreamEvents', { container: call.request.container }, err);
-        // grpc-js ends a server stream with the status of an 'error' it emits (destroy would skip the status).
-        call.emit('error', Object.assign(new Error(errorMessage(err)), toServiceError(err)));
-      },
-    );
-  };
+      sentAtCursor.add(key);
+      write(toWireEvent(event));
+    }
+    if (!request.follow || signal.aborted) return;
+    await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS));
+    if (signal.aborted) return;
+  }
 }
 
 function toWireEvent(e: RecordedEvent): Event {
@@ -100,7 +84,10 @@ export function clusterHandlers(operations: ClusterOperations, context: HandlerC
       const target = request.targetHost ? requireHostId('Restore', 'target_host', request.targetHost) : undefined;
       return operations.restore(container, request.version || undefined, target);
     }),
-    StreamEvents: streamEvents(operations, context),
+    StreamEvents: streamingHandler(context, 'StreamEvents', (request) => ({ container: request.container }), (request, write, signal) => streamEvents(operations, request, write, signal)),
+    WatchTransfer: streamingHandler(context, 'WatchTransfer', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request, write, signal) =>
+      operations.watchTransfer(requireContainerName('WatchTransfer', request.container), request.forwardedBy, write, signal),
+    ),
     Checkpoint: unaryHandler(context, 'Checkpoint', (request) => ({ container: request.container, forwardedBy: request.forwardedBy }), (request) =>
       operations.checkpoint(requireContainerName('Checkpoint', request.container), request.forwardedBy),
     ),

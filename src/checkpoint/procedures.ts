@@ -8,7 +8,7 @@ import type { CompressionPolicy } from '../storage/codec.ts';
 import type { ByteSource } from '../storage/chunker.ts';
 import type { ChunkCacheReader } from '../storage/standby-cache.ts';
 import { ROOTFS_DIR, ROOTFS_TAR, type AssembledCopies } from '../storage/assembled-copy.ts';
-import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type UploadResult } from '../storage/snapshots.ts';
+import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type TransferProgressListener, type UploadResult } from '../storage/snapshots.ts';
 import type { VersionManifest } from '../storage/manifest.ts';
 import type { SnapshotStore } from '../storage/store.ts';
 import { CheckpointError, NotFoundError } from '../util/errors.ts';
@@ -133,6 +133,8 @@ export interface ReplicateOptions {
   beforeCommit?: () => Promise<void>;
   /** Aborts the upload before it commits (see UploadOptions.signal). */
   signal?: AbortSignal;
+  /** Told of the upload's progress (see UploadOptions.onProgress). */
+  onProgress?: TransferProgressListener;
 }
 
 export interface CheckpointToStoreResult extends UploadResult {
@@ -156,6 +158,7 @@ export async function replicateStaged(staged: StagedSnapshot, options: Replicate
     dumpTimings: { freezeMs: staged.dumpMs, dumpMs: staged.dumpMs },
     beforeCommit: options.beforeCommit,
     signal: options.signal,
+    onProgress: options.onProgress,
   });
   return { ...uploaded, dumpMs: staged.dumpMs, uploadMs: performance.now() - started };
 }
@@ -194,6 +197,8 @@ export interface RestoreFromStoreOptions {
   assembled?: Pick<AssembledCopies, 'take'>;
   /** The committed manifest of `version` (of the newest when none), if the caller read it already: one read less. */
   manifest?: VersionManifest;
+  /** Told of the download's progress (see DownloadOptions.onProgress). */
+  onProgress?: TransferProgressListener;
 }
 
 const DEFAULT_LEASE_TTL_MS = 60 * 60 * 1000;
@@ -275,7 +280,7 @@ async function downloadLeased(options: RestoreFromStoreOptions, targetDir: strin
     if (version === undefined) return downloadSnapshot({ store, container, targetDir });
     await store.leaseVersion(container, version, holder, options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS);
     try {
-      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache });
+      return await downloadSnapshot({ store, container, version, targetDir, localReplica: options.localReplica, cache: options.cache, onProgress: options.onProgress });
     } catch (err) {
       if (!(options.version === undefined && err instanceof NotFoundError && attempt < 2)) throw err;
     } finally {

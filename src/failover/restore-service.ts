@@ -1,6 +1,7 @@
 import type { ValidRestoreRequest } from '../api/agent-server.ts';
 import type { RestoreResponse } from '../api/generated/lxcr/v1/RestoreResponse.ts';
-import { restoreFromStore, type FetchResult } from '../checkpoint/procedures.ts';
+import { restoreFromStore, type FetchResult, type RestoreFromStoreOptions } from '../checkpoint/procedures.ts';
+import type { TransferTracker } from '../checkpoint/transfers.ts';
 import { committedManifest } from '../storage/snapshots.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ClusterRegistry } from '../cluster/registry.ts';
@@ -31,6 +32,8 @@ export interface RestoreServiceDeps {
   logger: Logger;
   /** Called once a restored container runs here, so the host supervisor adopts it at once. */
   onRestored?: (container: string) => void;
+  /** Where downloads report their progress (the public API's WatchTransfer). */
+  transfers?: Pick<TransferTracker, 'track'>;
 }
 
 export class RestoreService {
@@ -83,10 +86,12 @@ export class RestoreService {
     const started = performance.now();
     try {
       await this.clearStaleCopy(container);
-      const restored = await restoreFromStore({
-        runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId,
-        localReplica: this.deps.cassandraAddress, cache: this.deps.standby, assembled: this.deps.standby?.assembled, manifest,
-      });
+      const restore = (onProgress?: RestoreFromStoreOptions['onProgress']) =>
+        restoreFromStore({
+          runtime, store: this.deps.store, container, version: request.version, stagingDir: this.deps.stagingDir, holder: hostId,
+          localReplica: this.deps.cassandraAddress, cache: this.deps.standby, assembled: this.deps.standby?.assembled, manifest, onProgress,
+        });
+      const restored = await (this.deps.transfers ? this.deps.transfers.track(container, 'restore', request.version || undefined, restore) : restore());
       const restoreMs = performance.now() - started;
       if (!(await registry.setState(container, hostId, epoch, 'running'))) {
         // Claimed away from us while restoring: the new owner's copy is the one; ours must not run.

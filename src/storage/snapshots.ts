@@ -34,6 +34,12 @@ export interface SnapshotSource {
   chunking?: 'bytes' | 'pages';
 }
 
+/**
+ * Told how far a transfer is, as it goes (the agent's TransferTracker, for `lxcr`'s progress bars): raw bytes of
+ * the snapshot done so far, and of the whole snapshot when known in advance.
+ */
+export type TransferProgressListener = (progress: { version: number; bytesDone: number; bytesTotal?: number }) => void;
+
 export interface UploadOptions {
   store: SnapshotStore;
   container: string;
@@ -63,6 +69,8 @@ export interface UploadOptions {
    * write starts, those in flight are waited for, and the version is never committed (GC collects it).
    */
   signal?: AbortSignal;
+  /** Told of the raw bytes read and chunked so far, per chunk (the total is unknown: sources are streams). */
+  onProgress?: TransferProgressListener;
 }
 
 export interface UploadResult {
@@ -168,6 +176,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
+  options.onProgress?.({ version, bytesDone: 0 });
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   requireReusableChunks(container, version, stored.values(), store.cipher?.keyId);
   const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
@@ -263,6 +272,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   };
 
   const files: SnapshotFile[] = [];
+  let bytesDone = 0;
   try {
     for (const source of options.sources) {
       const chunks: ChunkRef[] = [];
@@ -282,6 +292,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
         if (options.signal?.aborted) failure ??= { error: options.signal.reason };
         if (failure) break;
         size += chunk.size;
+        bytesDone += chunk.size;
+        options.onProgress?.({ version, bytesDone });
         let location: ChunkLocation;
         if (chunk.kind === 'known') {
           reusedChunks++;
@@ -386,6 +398,8 @@ export interface DownloadOptions {
   localReplica?: string;
   /** Chunks already on this host (a standby copy): read and verified before Cassandra is asked. */
   cache?: ChunkCacheReader;
+  /** Told of the raw bytes verified and written so far, per chunk, out of the snapshot's. */
+  onProgress?: TransferProgressListener;
 }
 
 export interface DownloadResult {
@@ -465,6 +479,8 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
   const concurrency = options.concurrency ?? DEFAULT_DOWNLOAD_CONCURRENCY;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
   let bytes = 0;
+  const bytesTotal = manifest.files.reduce((sum, f) => sum + f.size, 0);
+  options.onProgress?.({ version: manifest.version, bytesDone: 0, bytesTotal });
   let repairedFromReplica = 0;
   let fromCache = 0;
   const { cache } = options;
@@ -507,6 +523,7 @@ export async function downloadSnapshot(options: DownloadOptions): Promise<Downlo
           refill();
           const raw = await window.shift()!;
           bytes += raw.length;
+          options.onProgress?.({ version: manifest.version, bytesDone: bytes, bytesTotal });
           if (!out.write(raw)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
         }
       } finally {

@@ -171,7 +171,7 @@ describe('server reflection', () => {
       // A client built from the reflected descriptor alone, as grpcurl does, calls ListHosts.
       const definition = protoLoader.loadFileDescriptorSetFromBuffer(descriptorSet(files), { ...LOADER_OPTIONS, keepCase: true });
       const service = definition[CLUSTER_SERVICE_NAME] as protoLoader.ServiceDefinition;
-      expect(Object.keys(service).sort()).toEqual(['Checkpoint', 'ListContainers', 'ListHosts', 'ListSnapshots', 'Migrate', 'Restore', 'StreamEvents']);
+      expect(Object.keys(service).sort()).toEqual(['Checkpoint', 'ListContainers', 'ListHosts', 'ListSnapshots', 'Migrate', 'Restore', 'StreamEvents', 'WatchTransfer']);
       const checkpointFields = (service['Checkpoint']!.requestType.type as { field: Array<{ name: string }> }).field.map((f) => f.name);
       expect(checkpointFields).toEqual(['container', 'forwarded_by']);
       const Reflected = grpc.makeGenericClientConstructor(service, 'ClusterService');
@@ -210,6 +210,7 @@ describe('the bearer token of the public API', () => {
     try {
       await expect(tokenless.listHosts()).rejects.toMatchObject({ code: 'UNAUTHENTICATED', message: expect.stringMatching(/requires a bearer token.*authorization: Bearer/) as unknown });
       await expect(tokenless.streamEvents({ sinceMs: 0, container: '', follow: false }, () => undefined).done).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
+      await expect(tokenless.watchTransfer(CONTAINER, () => undefined).done).rejects.toMatchObject({ code: 'UNAUTHENTICATED' });
       await expect(wrong.checkpoint(CONTAINER)).rejects.toMatchObject({ code: 'UNAUTHENTICATED', message: expect.stringMatching(/not this cluster's/) as unknown });
       await expect(wrong.listHosts()).rejects.toSatisfy((err: CodedError) => err.code === 'UNAUTHENTICATED');
     } finally {
@@ -224,14 +225,14 @@ describe('the bearer token of the public API', () => {
     }
 
     const refusedAfter = parseExposition((await scrape(agents[2]!)).text).value('lxcr_requests_refused_total', { outcome: 'refused' });
-    expect(refusedAfter).toBe(refusedBefore + 4);
+    expect(refusedAfter).toBe(refusedBefore + 5);
     const log = new EventLog(client, META, createLogger('test'));
     const audited = await until('the refusals in the audit trail', async () => {
       const rows = (await log.between(since, new Date())).filter((e) => e.kind === 'request-refused' && e.host === 'host3' && /bearer token/.test(e.detail ?? ''));
-      return rows.length >= 4 ? rows : undefined;
+      return rows.length >= 5 ? rows : undefined;
     }, 20_000, 500);
     expect(audited.every((e) => e.outcome === 'refused')).toBe(true);
-    expect(audited.map((e) => e.detail!.split(':')[0]).sort()).toEqual(['Checkpoint', 'ListHosts', 'ListHosts', 'StreamEvents']);
+    expect(audited.map((e) => e.detail!.split(':')[0]).sort()).toEqual(['Checkpoint', 'ListHosts', 'ListHosts', 'StreamEvents', 'WatchTransfer']);
   });
 
   it('lxcr exits 7 without the token and 0 with --token-file', () => {

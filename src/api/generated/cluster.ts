@@ -19,6 +19,8 @@ import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lx
 import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from './lxcr/v1/PublicRestoreRequest.ts';
 import type { Snapshot as _lxcr_v1_Snapshot, Snapshot__Output as _lxcr_v1_Snapshot__Output } from './lxcr/v1/Snapshot.ts';
 import type { StreamEventsRequest as _lxcr_v1_StreamEventsRequest, StreamEventsRequest__Output as _lxcr_v1_StreamEventsRequest__Output } from './lxcr/v1/StreamEventsRequest.ts';
+import type { TransferProgress as _lxcr_v1_TransferProgress, TransferProgress__Output as _lxcr_v1_TransferProgress__Output } from './lxcr/v1/TransferProgress.ts';
+import type { WatchTransferRequest as _lxcr_v1_WatchTransferRequest, WatchTransferRequest__Output as _lxcr_v1_WatchTransferRequest__Output } from './lxcr/v1/WatchTransferRequest.ts';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -44,6 +46,8 @@ export interface ProtoGrpcType {
       PublicRestoreRequest: MessageTypeDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_PublicRestoreRequest__Output>
       Snapshot: MessageTypeDefinition<_lxcr_v1_Snapshot, _lxcr_v1_Snapshot__Output>
       StreamEventsRequest: MessageTypeDefinition<_lxcr_v1_StreamEventsRequest, _lxcr_v1_StreamEventsRequest__Output>
+      TransferProgress: MessageTypeDefinition<_lxcr_v1_TransferProgress, _lxcr_v1_TransferProgress__Output>
+      WatchTransferRequest: MessageTypeDefinition<_lxcr_v1_WatchTransferRequest, _lxcr_v1_WatchTransferRequest__Output>
     }
   }
 }

@@ -5,6 +5,7 @@ import type { MoveResponse__Output } from '../../api/generated/lxcr/v1/MoveRespo
 import { InvalidArgumentError } from '../../util/errors.ts';
 import { TLS_FLAGS, intFlag, parseArgs, parseDuration, stringFlag, tlsFlags, type ParsedArgs } from '../args.ts';
 import { ExitCode, type Command } from '../command.ts';
+import { withTransferProgress } from '../progress.ts';
 import { formatAge, formatBytes, formatTable } from '../table.ts';
 
 /**
@@ -49,6 +50,22 @@ function noPositionals(args: ParsedArgs): void {
 
 const CONNECTION_USAGE = '[--agent HOST:PORT] (TLS options | --insecure) [--token-file F] [--json]';
 
+/** The options of the commands whose call waits for a transfer (see progress.ts). */
+const PROGRESS_FLAGS = {
+  progress: { value: false, description: 'show the transfer\'s progress on stderr (default: when stderr is a terminal)' },
+  'no-progress': { value: false, description: 'do not show the transfer\'s progress' },
+} as const;
+const PROGRESS_USAGE = '[--progress | --no-progress]';
+
+/** Whether to draw the progress bar: asked for, or stderr is a terminal; never with --json or --no-progress. */
+function progressWanted(args: ParsedArgs): boolean {
+  const on = args.flags.get('progress') === true;
+  const off = args.flags.get('no-progress') === true;
+  if (on && off) throw new InvalidArgumentError('give --progress or --no-progress, not both');
+  if (off || args.flags.get('json') === true) return false;
+  return on || process.stderr.isTTY === true;
+}
+
 /**
  * One request-response command: its arguments checked (a container name as the one positional, or none), one
  * call to an agent, the response printed as a table or as JSON.
@@ -60,6 +77,8 @@ function requestCommand<F extends typeof CLIENT_FLAGS, T>(spec: {
   usage: string;
   flags: F;
   takesContainer: boolean;
+  /** The call waits for a transfer of the container: its progress is drawn on stderr (see progressWanted). */
+  showsTransfer?: boolean;
   call: (client: ClusterClient, args: ParsedArgs, container: string) => Promise<T>;
   render: (response: T) => string;
 }): Command {
@@ -73,7 +92,11 @@ function requestCommand<F extends typeof CLIENT_FLAGS, T>(spec: {
       let container = '';
       if (spec.takesContainer) container = onePositional(args, 'container name');
       else noPositionals(args);
-      const response = await withClient(args, (client) => spec.call(client, args, container));
+      const progress = spec.showsTransfer === true && progressWanted(args);
+      const response = await withClient(args, (client) => {
+        const call = spec.call(client, args, container);
+        return progress ? withTransferProgress((name, onProgress) => client.watchTransfer(name, onProgress), container, process.stderr, call) : call;
+      });
       print(args, response, () => spec.render(response));
       return ExitCode.OK;
     },
@@ -134,9 +157,10 @@ export const snapshotsCommand = requestCommand({
 export const checkpointCommand = requestCommand({
   name: 'checkpoint',
   summary: 'checkpoint a container now, on the host that owns it; returns once the version is committed',
-  usage: 'CONTAINER',
-  flags: CLIENT_FLAGS,
+  usage: `CONTAINER ${PROGRESS_USAGE}`,
+  flags: { ...CLIENT_FLAGS, ...PROGRESS_FLAGS },
   takesContainer: true,
+  showsTransfer: true,
   call: (client, _args, container) => client.checkpoint(container),
   render: (r) =>
     `${r.container}: version ${r.version} committed by ${r.host} — frozen ${Math.round(r.freezeMs)} ms, ${Math.round(r.totalMs)} ms in all; ` +
@@ -145,6 +169,7 @@ export const checkpointCommand = requestCommand({
 
 const MOVE_FLAGS = {
   ...CLIENT_FLAGS,
+  ...PROGRESS_FLAGS,
   to: { value: true, description: 'the host id to run it on' },
 } as const;
 
@@ -157,9 +182,10 @@ function describeMove(verb: string): (r: MoveResponse__Output) => string {
 export const migrateCommand = requestCommand({
   name: 'migrate',
   summary: 'move a running container to another host, exactly once (last checkpoint, restore there, old copy destroyed)',
-  usage: 'CONTAINER --to HOST',
+  usage: `CONTAINER --to HOST ${PROGRESS_USAGE}`,
   flags: MOVE_FLAGS,
   takesContainer: true,
+  showsTransfer: true,
   call: (client, args, container) => {
     const to = stringFlag(args, 'to', '');
     if (!to) throw new InvalidArgumentError('--to HOST is required: the host id to move the container to');
@@ -177,9 +203,10 @@ const RESTORE_FLAGS = {
 export const restoreCommand = requestCommand({
   name: 'restore',
   summary: 'restore a container from a committed version (a running copy is stopped first)',
-  usage: 'CONTAINER [--version N] [--to HOST]',
+  usage: `CONTAINER [--version N] [--to HOST] ${PROGRESS_USAGE}`,
   flags: RESTORE_FLAGS,
   takesContainer: true,
+  showsTransfer: true,
   call: (client, args, container) => client.restore(container, intFlag(args, 'version', 0, 1, Number.MAX_SAFE_INTEGER), stringFlag(args, 'to', '')),
   render: describeMove('restored'),
 });

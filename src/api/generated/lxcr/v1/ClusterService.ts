@@ -16,6 +16,8 @@ import type { MigrateRequest as _lxcr_v1_MigrateRequest, MigrateRequest__Output 
 import type { MoveResponse as _lxcr_v1_MoveResponse, MoveResponse__Output as _lxcr_v1_MoveResponse__Output } from '../../lxcr/v1/MoveResponse.ts';
 import type { PublicRestoreRequest as _lxcr_v1_PublicRestoreRequest, PublicRestoreRequest__Output as _lxcr_v1_PublicRestoreRequest__Output } from '../../lxcr/v1/PublicRestoreRequest.ts';
 import type { StreamEventsRequest as _lxcr_v1_StreamEventsRequest, StreamEventsRequest__Output as _lxcr_v1_StreamEventsRequest__Output } from '../../lxcr/v1/StreamEventsRequest.ts';
+import type { TransferProgress as _lxcr_v1_TransferProgress, TransferProgress__Output as _lxcr_v1_TransferProgress__Output } from '../../lxcr/v1/TransferProgress.ts';
+import type { WatchTransferRequest as _lxcr_v1_WatchTransferRequest, WatchTransferRequest__Output as _lxcr_v1_WatchTransferRequest__Output } from '../../lxcr/v1/WatchTransferRequest.ts';
 
 export interface ClusterServiceClient extends grpc.Client {
   /**
@@ -151,6 +153,27 @@ export interface ClusterServiceClient extends grpc.Client {
   streamEvents(argument: _lxcr_v1_StreamEventsRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
   streamEvents(argument: _lxcr_v1_StreamEventsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_Event__Output>;
   
+  /**
+   * The progress of a container's transfer running now anywhere in the cluster: the upload of a checkpoint (on its
+   * owner) or the download of a restore (on the restore's target). One message about every 250 ms while it runs,
+   * the last one with done set; the stream then ends. It ends at once, without a message, when no transfer of the
+   * container runs (e.g. a checkpoint still dumping, or queued behind another upload): ask again to wait for one.
+   * The asked agent answers from its own transfers and relays those of every other live agent.
+   * Errors: INVALID_ARGUMENT (malformed name), UNAVAILABLE.
+   */
+  WatchTransfer(argument: _lxcr_v1_WatchTransferRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_TransferProgress__Output>;
+  WatchTransfer(argument: _lxcr_v1_WatchTransferRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_TransferProgress__Output>;
+  /**
+   * The progress of a container's transfer running now anywhere in the cluster: the upload of a checkpoint (on its
+   * owner) or the download of a restore (on the restore's target). One message about every 250 ms while it runs,
+   * the last one with done set; the stream then ends. It ends at once, without a message, when no transfer of the
+   * container runs (e.g. a checkpoint still dumping, or queued behind another upload): ask again to wait for one.
+   * The asked agent answers from its own transfers and relays those of every other live agent.
+   * Errors: INVALID_ARGUMENT (malformed name), UNAVAILABLE.
+   */
+  watchTransfer(argument: _lxcr_v1_WatchTransferRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_TransferProgress__Output>;
+  watchTransfer(argument: _lxcr_v1_WatchTransferRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_lxcr_v1_TransferProgress__Output>;
+  
 }
 
 export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementation {
@@ -205,6 +228,16 @@ export interface ClusterServiceHandlers extends grpc.UntypedServiceImplementatio
    */
   StreamEvents: grpc.handleServerStreamingCall<_lxcr_v1_StreamEventsRequest__Output, _lxcr_v1_Event>;
   
+  /**
+   * The progress of a container's transfer running now anywhere in the cluster: the upload of a checkpoint (on its
+   * owner) or the download of a restore (on the restore's target). One message about every 250 ms while it runs,
+   * the last one with done set; the stream then ends. It ends at once, without a message, when no transfer of the
+   * container runs (e.g. a checkpoint still dumping, or queued behind another upload): ask again to wait for one.
+   * The asked agent answers from its own transfers and relays those of every other live agent.
+   * Errors: INVALID_ARGUMENT (malformed name), UNAVAILABLE.
+   */
+  WatchTransfer: grpc.handleServerStreamingCall<_lxcr_v1_WatchTransferRequest__Output, _lxcr_v1_TransferProgress>;
+  
 }
 
 export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
@@ -215,4 +248,5 @@ export interface ClusterServiceDefinition extends grpc.ServiceDefinition {
   Migrate: MethodDefinition<_lxcr_v1_MigrateRequest, _lxcr_v1_MoveResponse, _lxcr_v1_MigrateRequest__Output, _lxcr_v1_MoveResponse__Output>
   Restore: MethodDefinition<_lxcr_v1_PublicRestoreRequest, _lxcr_v1_MoveResponse, _lxcr_v1_PublicRestoreRequest__Output, _lxcr_v1_MoveResponse__Output>
   StreamEvents: MethodDefinition<_lxcr_v1_StreamEventsRequest, _lxcr_v1_Event, _lxcr_v1_StreamEventsRequest__Output, _lxcr_v1_Event__Output>
+  WatchTransfer: MethodDefinition<_lxcr_v1_WatchTransferRequest, _lxcr_v1_TransferProgress, _lxcr_v1_WatchTransferRequest__Output, _lxcr_v1_TransferProgress__Output>
 }
