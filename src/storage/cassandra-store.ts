@@ -4,9 +4,9 @@ import { Semaphore } from '../util/concurrency.ts';
 import { InvalidArgumentError, NotFoundError, UnavailableError, errorMessage } from '../util/errors.ts';
 import { contentionBackoffMs, isPaxosTimeout, readWithFallback } from './consistency.ts';
 import { colocatedBuckets, homeRoutingKey } from './placement.ts';
-import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, applySchema, schemaAgreement, snapshotSchema, type Replication } from './schema.ts';
+import { DEFAULT_KEYSPACE, DEFAULT_REPLICATION, addColumns, applySchema, schemaAgreement, snapshotSchema, snapshotSchemaAdditions, type Replication } from './schema.ts';
 import type { ChunkCipher } from './encryption.ts';
-import type { ChunkLocation, ChunkState, SnapshotStore, VersionReadOptions, VersionRecord, VersionState } from './store.ts';
+import type { BucketChunk, ChunkLocation, ChunkState, SnapshotStore, VersionReadOptions, VersionRecord, VersionState } from './store.ts';
 
 const { consistencies } = cassandra.types;
 
@@ -80,7 +80,9 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async ensureSchema(): Promise<void> {
-    await applySchema((statement) => this.execute(statement, [], {}), schemaAgreement(this.client), snapshotSchema(this.keyspace, this.replication));
+    const execute = (statement: string) => this.execute(statement, [], {});
+    await applySchema(execute, schemaAgreement(this.client), snapshotSchema(this.keyspace, this.replication));
+    await addColumns(execute, schemaAgreement(this.client), snapshotSchemaAdditions(this.keyspace));
     await this.client.metadata.refreshKeyspace(this.keyspace);
   }
 
@@ -158,7 +160,7 @@ export class CassandraSnapshotStore implements SnapshotStore {
   }
 
   async versions(container: string, options: VersionReadOptions = {}): Promise<VersionRecord[]> {
-    const query = `SELECT container, version, state, source_host, created_at, committed_at, manifest FROM ${this.keyspace}.manifests WHERE container = ?`;
+    const query = `SELECT container, version, state, source_host, created_at, committed_at, manifest, upload_buckets FROM ${this.keyspace}.manifests WHERE container = ?`;
     const result = options.oneReplica ? await this.execute(query, [container], READ) : await this.readLatest(query, [container], {});
     // Rows whose version is null are the partition's static row (only next_version), not a version.
     return result.rows.filter((row) => row['version'] !== null).map(toVersionRecord);
@@ -210,16 +212,44 @@ export class CassandraSnapshotStore implements SnapshotStore {
     );
   }
 
-  async indexChunks(container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void> {
+  async reserveBuckets(container: string, version: number, buckets: readonly number[]): Promise<void> {
+    await this.execute(
+      `UPDATE ${this.keyspace}.manifests SET upload_buckets = upload_buckets + ? WHERE container = ? AND version = ?`,
+      [[...buckets], container, version],
+      WRITE,
+    );
+  }
+
+  async indexChunks(container: string, locations: readonly ChunkLocation[]): Promise<void> {
     const now = new Date();
     // One partition (the container's home): an unlogged batch is a single mutation there, and small.
     for (let start = 0; start < locations.length; start += INDEX_BATCH) {
       const batch = locations.slice(start, start + INDEX_BATCH).map((location) => ({
         query: `INSERT INTO ${this.keyspace}.chunk_index (container, hash, bucket, raw_size, stored_size, codec, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-        params: [container, hashBytes(location.hash), location.bucket, location.rawSize, location.storedSize, location.codec, state, now],
+        params: [container, hashBytes(location.hash), location.bucket, location.rawSize, location.storedSize, location.codec, 'stored' satisfies ChunkState, now],
       }));
       await this.limiter.use(() => this.client.batch(batch, { ...WRITE, logged: false })).catch(rethrowUnreachable);
     }
+  }
+
+  async bucketChunks(container: string, bucket: number): Promise<BucketChunk[]> {
+    const chunks: BucketChunk[] = [];
+    let pageState: string | undefined;
+    do {
+      // Hashes and write times only: the chunks' bytes stay on the replicas.
+      const page = await this.readLatest(
+        `SELECT hash, WRITETIME(data) AS written FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ?`,
+        [container, bucket],
+        { fetchSize: 1000, pageState },
+      );
+      for (const row of page.rows) {
+        // Microseconds since the epoch.
+        const written = row['written'] as cassandra.types.Long;
+        chunks.push({ hash: (row['hash'] as Buffer).toString('hex'), writtenAt: new Date(written.div(1000).toNumber()) });
+      }
+      pageState = page.pageState ?? undefined;
+    } while (pageState);
+    return chunks;
   }
 
   async getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined> {
@@ -263,9 +293,13 @@ export class CassandraSnapshotStore implements SnapshotStore {
     const hash = hashBytes(location.hash);
     // Index first: a chunk without an index entry is invisible to new uploads, which then store it again.
     await this.execute(`DELETE FROM ${this.keyspace}.chunk_index WHERE container = ? AND hash = ?`, [container, hash], WRITE);
+    await this.deleteChunkData(container, location);
+  }
+
+  async deleteChunkData(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void> {
     await this.execute(
       `DELETE FROM ${this.keyspace}.chunks WHERE container = ? AND bucket = ? AND hash = ?`,
-      [container, location.bucket, hash],
+      [container, location.bucket, hashBytes(location.hash)],
       WRITE,
     );
   }
@@ -306,6 +340,8 @@ function toVersionRecord(row: cassandra.types.Row): VersionRecord {
     state: row['state'] as VersionState,
     sourceHost: row['source_host'] as string,
     createdAt: row['created_at'] as Date,
+    // The driver returns a set as an array.
+    uploadBuckets: ((row['upload_buckets'] as number[] | null) ?? []).slice().sort((a, b) => a - b),
   };
   if (row['committed_at']) record.committedAt = row['committed_at'] as Date;
   if (row['manifest']) record.manifest = row['manifest'] as Buffer;

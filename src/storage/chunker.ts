@@ -30,11 +30,16 @@ export interface ChunkerOptions {
   /** No boundary is placed before this many bytes (except at the end of the stream). Default 256 KiB. */
   minSize?: number;
   /**
-   * FastCDC's normal size, where the boundary rule switches from strict to loose; a power of two. Default 1 MiB.
-   * The mean chunk size of random data comes out at about 1.15 × this (minSize is skipped, then boundaries are
-   * rarer before this size than after it).
+   * The size the two boundary masks are derived from (FastCDC's expected size); a power of two. Default 1 MiB.
+   * Boundaries are 4× rarer than one per averageSize bytes below normalSize, 4× more frequent from it on.
    */
   averageSize?: number;
+  /**
+   * FastCDC's normal size, where the boundary rule switches from strict to loose: a multiple of the alignment,
+   * above minSize and at most averageSize. Default 3/4 of averageSize. With the default sizes the mean chunk of
+   * random data is ~0.94 MiB (with the switch at averageSize itself it was ~1.14 MiB: few chunks end before it).
+   */
+  normalSize?: number;
   /** A boundary is forced at this many bytes; at most CHUNK_SIZE_LIMIT. Default 4 MiB. */
   maxSize?: number;
   /**
@@ -54,20 +59,22 @@ export const PAGE_ALIGNMENT = 4 * KiB;
 export interface ChunkerParams {
   readonly minSize: number;
   readonly averageSize: number;
+  readonly normalSize: number;
   readonly maxSize: number;
   readonly alignment: number;
   /**
-   * Used below averageSize: 2 bits more than log2(averageSize / alignment) (one candidate per `alignment` bytes),
+   * Used below normalSize: 2 bits more than log2(averageSize / alignment) (one candidate per `alignment` bytes),
    * so boundaries are rarer there.
    */
   readonly maskBelowAverage: number;
-  /** Used from averageSize on: 2 bits fewer, so boundaries come sooner. Together they narrow the size spread. */
+  /** Used from normalSize on: 2 bits fewer, so boundaries come sooner. Together they narrow the size spread. */
   readonly maskAboveAverage: number;
 }
 
 export const DEFAULT_CHUNKER_OPTIONS: Readonly<Required<ChunkerOptions>> = {
   minSize: 256 * KiB,
   averageSize: 1 * MiB,
+  normalSize: 768 * KiB,
   maxSize: 4 * MiB,
   alignment: 1,
 };
@@ -101,10 +108,19 @@ export function compileChunkerOptions(options: ChunkerOptions = {}): ChunkerPara
       `chunker option alignment must be a power of two dividing minSize and maxSize, at most averageSize / 8, got ${alignment}`,
     );
   }
+  const normalSize = options.normalSize ?? (averageSize / 4) * 3;
+  requireInteger('normalSize', normalSize);
+  if (normalSize <= minSize || normalSize > averageSize || normalSize % alignment !== 0) {
+    throw new InvalidArgumentError(
+      `chunker option normalSize must be a multiple of the alignment (${alignment}) greater than minSize (${minSize}) ` +
+        `and at most averageSize (${averageSize}), got ${normalSize}`,
+    );
+  }
   const averageBits = Math.log2(averageSize / alignment);
   return {
     minSize,
     averageSize,
+    normalSize,
     maxSize,
     alignment,
     maskBelowAverage: topBitsMask(averageBits + 2),
@@ -159,17 +175,17 @@ class BoundaryScanner {
    * before the chunk does.
    */
   scan(data: Uint8Array, start: number): number {
-    const { minSize, averageSize, maxSize, maskBelowAverage, maskAboveAverage } = this.params;
+    const { minSize, normalSize, maxSize, maskBelowAverage, maskAboveAverage } = this.params;
     // Index in `data` where the current chunk began (negative when it began in an earlier buffer).
     const chunkStart = start - this.chunkLength;
     // FastCDC's cut-point skipping: no boundary can fall before minSize, so those bytes are not even hashed.
     const hashFrom = Math.max(start, chunkStart + minSize);
-    const averageEnd = Math.min(data.length, chunkStart + averageSize);
+    const normalEnd = Math.min(data.length, chunkStart + normalSize);
     const maxEnd = chunkStart + maxSize;
     const scanEnd = Math.min(data.length, maxEnd);
 
-    let end = this.rollUntilMatch(data, hashFrom, averageEnd, maskBelowAverage);
-    if (end < 0) end = this.rollUntilMatch(data, Math.max(hashFrom, averageEnd), scanEnd, maskAboveAverage);
+    let end = this.rollUntilMatch(data, hashFrom, normalEnd, maskBelowAverage);
+    if (end < 0) end = this.rollUntilMatch(data, Math.max(hashFrom, normalEnd), scanEnd, maskAboveAverage);
     if (end < 0 && scanEnd === maxEnd) end = maxEnd;
     if (end >= 0) {
       this.hash = 0;
@@ -217,14 +233,14 @@ class AlignedBoundaryScanner {
   constructor(private readonly params: ChunkerParams) {}
 
   scan(data: Uint8Array, start: number): number {
-    const { minSize, averageSize, maxSize, alignment, maskBelowAverage, maskAboveAverage } = this.params;
+    const { minSize, normalSize, maxSize, alignment, maskBelowAverage, maskAboveAverage } = this.params;
     const chunkStart = start - this.chunkLength;
     // The first candidate past both `start` (earlier ones were examined with the previous buffer) and minSize.
     let end = chunkStart + (Math.floor((Math.max(start, chunkStart + minSize) - chunkStart) / alignment) + 1) * alignment;
     for (; end <= data.length; end += alignment) {
       const length = end - chunkStart;
       if (length >= maxSize) break;
-      if ((this.hashBefore(data, end) & (length <= averageSize ? maskBelowAverage : maskAboveAverage)) === 0) {
+      if ((this.hashBefore(data, end) & (length <= normalSize ? maskBelowAverage : maskAboveAverage)) === 0) {
         this.chunkLength = 0;
         return end;
       }

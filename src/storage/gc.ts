@@ -1,6 +1,6 @@
 import { IntegrityError, errorMessage } from '../util/errors.ts';
 import { decodeManifest } from './manifest.ts';
-import type { SnapshotStore, VersionRecord } from './store.ts';
+import type { ChunkLocation, SnapshotStore, VersionRecord } from './store.ts';
 
 /**
  * GC-CR: collects a container's obsolete snapshot versions and the chunks no kept version needs.
@@ -8,8 +8,14 @@ import type { SnapshotStore, VersionRecord } from './store.ts';
  * Races: a container's checkpoints and its GC run on its single owner, one after the other (LXCloud-CR's
  * Algorithm 1: save, then collect), so GC never runs while that owner uploads. As a second guard GC deletes no
  * chunk while any upload of the container younger than `uploadGraceMs` is in flight (it may be about to
- * reference an existing chunk), and never a chunk younger than that. Only versions beyond the newest `keep`
- * committed ones are deleted, manifest first: a restore of a kept version is never affected.
+ * reference an existing chunk), and never a chunk indexed or written more recently than that. Only versions
+ * beyond the newest `keep` committed ones are deleted, manifest first: a restore of a kept version is never affected.
+ *
+ * Abandoned uploads (their agent crashed or their writes failed; never committed): an upload indexes its chunks
+ * only once all are durable, and before writing a chunk into a bucket partition it records that bucket in its
+ * version's row (store.reserveBuckets). GC scans the buckets of an uploading version older than `uploadGraceMs`,
+ * deletes every chunk there that the index does not list at that bucket, and only then deletes the version's row:
+ * while chunk deletion is deferred, the row stays, so its chunks are found on a later run.
  *
  * A restore of an older version holds a lease on it (store.leaseVersion) from before it reads the manifest
  * until it has read every chunk. GC leaves a leased version in place, and re-reads the leases after deleting
@@ -36,9 +42,14 @@ export interface GcReport {
   /** Versions beyond the newest `keep` left in place because a restore holds a lease on them. */
   leasedVersions: number[];
   deletedVersions: number[];
+  /** Chunks deleted: indexed ones no kept version needs, and the unindexed ones abandoned uploads left behind. */
   deletedChunks: number;
+  /** Stored bytes of the indexed chunks deleted (an abandoned upload's chunks are not read, so not counted). */
   freedBytes: number;
-  /** Chunk deletion was skipped: an upload is in flight, or a restore holds a lease on a deleted version. */
+  /**
+   * Chunk deletion was skipped (abandoned uploads were left in place with their chunks): an upload is in flight,
+   * or a restore holds a lease on a deleted version.
+   */
   chunksDeferred: boolean;
   /** Raw bytes of the kept versions added up: what full copies would take. */
   logicalBytes: number;
@@ -61,11 +72,11 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const committed = versions.filter((v) => v.state === 'committed');
   const kept = committed.slice(0, keep);
   const leasedBefore = await store.leasedVersions(container);
-  const obsolete = [
-    ...committed.slice(keep).filter((v) => !leasedBefore.has(v.version)),
-    ...versions.filter((v) => v.state === 'uploading' && !isFresh(v.createdAt)),
-  ];
-  const uploadInFlight = versions.some((v) => v.state === 'uploading' && isFresh(v.createdAt));
+  const obsolete = committed.slice(keep).filter((v) => !leasedBefore.has(v.version));
+  // Not committed and not recent: an upload that will never commit. (A row without a state is one an upload
+  // taken for dead re-created by reserving a bucket after GC had deleted its version: abandoned as well.)
+  const abandoned = versions.filter((v) => v.state !== 'committed' && !isFresh(v.createdAt));
+  const uploadInFlight = versions.some((v) => v.state !== 'committed' && isFresh(v.createdAt));
 
   for (const version of obsolete) await store.deleteVersion(container, version.version);
 
@@ -91,6 +102,18 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   let deletedChunks = 0;
   let freedBytes = 0;
   let storedBytes = 0;
+  const deletedAbandoned: VersionRecord[] = [];
+  if (!chunksDeferred) {
+    for (const version of abandoned) {
+      const { deleted, recent } = await collectAbandonedChunks(store, container, version, index, isFresh);
+      deletedChunks += deleted;
+      // A chunk written recently in its buckets: its upload (taken for dead) may still be writing. The row stays,
+      // so what it writes is found on a later run.
+      if (recent > 0) continue;
+      await store.deleteVersion(container, version.version);
+      deletedAbandoned.push(version);
+    }
+  }
   for (const chunk of index.values()) {
     const collectable = !chunksDeferred && !referenced.has(chunk.hash) && !isFresh(chunk.createdAt);
     if (collectable) {
@@ -105,13 +128,41 @@ export async function collectGarbage(options: GcOptions): Promise<GcReport> {
     container,
     keptVersions: kept.map((v) => v.version),
     leasedVersions: committed.slice(keep).filter((v) => leased.has(v.version)).map((v) => v.version),
-    deletedVersions: obsolete.map((v) => v.version).sort((a, b) => a - b),
+    deletedVersions: [...obsolete, ...deletedAbandoned].map((v) => v.version).sort((a, b) => a - b),
     deletedChunks,
     freedBytes,
     chunksDeferred,
     logicalBytes,
     storedBytes,
   };
+}
+
+/**
+ * Deletes the chunks an abandoned upload wrote into its reserved buckets and never indexed. A chunk the index lists
+ * at the same bucket is left to the index pass (a later upload stored the same bytes there), and so is one written
+ * within the grace period (counted as `recent`: an upload is writing there).
+ */
+async function collectAbandonedChunks(
+  store: SnapshotStore,
+  container: string,
+  version: VersionRecord,
+  index: ReadonlyMap<string, ChunkLocation>,
+  isFresh: (date: Date) => boolean,
+): Promise<{ deleted: number; recent: number }> {
+  let deleted = 0;
+  let recent = 0;
+  for (const bucket of version.uploadBuckets) {
+    for (const chunk of await store.bucketChunks(container, bucket)) {
+      if (index.get(chunk.hash)?.bucket === bucket) continue;
+      if (isFresh(chunk.writtenAt)) {
+        recent++;
+        continue;
+      }
+      await store.deleteChunkData(container, { hash: chunk.hash, bucket });
+      deleted++;
+    }
+  }
+  return { deleted, recent };
 }
 
 function manifestOf(version: VersionRecord) {

@@ -54,14 +54,16 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
     // Home partition: one row per version, newest first. A version is visible (restorable) only once its
     // state is 'committed', written after all its chunks. next_version (static: one per container, kept when
     // versions are deleted) is advanced by a lightweight transaction, so no version number is ever reused.
+    // upload_buckets: the bucket partitions the version's upload recorded before writing chunks there, so GC
+    // finds the chunks of an upload that never committed (see gc.ts).
     `CREATE TABLE IF NOT EXISTS ${keyspace}.manifests (
       container text, version bigint, next_version bigint static, state text, manifest blob, source_host text,
-      created_at timestamp, committed_at timestamp,
+      created_at timestamp, committed_at timestamp, upload_buckets set<int>,
       PRIMARY KEY (container, version)
     ) WITH CLUSTERING ORDER BY (version DESC)`,
     // Home partition: which chunks a container has and where, so an unchanged chunk is never uploaded twice.
-    // A chunk is 'pending' from before its data is written until it is durable, then 'stored': a crashed
-    // upload's chunks stay findable (pending) for GC, and only stored chunks are reused.
+    // A chunk is indexed ('stored') once its data is durable. ('pending' rows, written ahead of the data, come
+    // only from agents before upload_buckets; they are never reused and GC collects them.)
     `CREATE TABLE IF NOT EXISTS ${keyspace}.chunk_index (
       container text, hash blob, bucket int, raw_size int, stored_size int, codec text, state text, created_at timestamp,
       PRIMARY KEY (container, hash)
@@ -78,6 +80,29 @@ export function snapshotSchema(keyspace = DEFAULT_KEYSPACE, replication: Replica
       PRIMARY KEY (container, version, holder)
     )`,
   ];
+}
+
+/** Columns added to tables after their first release, for keyspaces created before (ALTER TABLE ... ADD). */
+export function snapshotSchemaAdditions(keyspace = DEFAULT_KEYSPACE): string[] {
+  validateKeyspaceName(keyspace);
+  return [`ALTER TABLE ${keyspace}.manifests ADD upload_buckets set<int>`];
+}
+
+/** What a node answers to adding a column a table already has (2.1-3.x, then 4.x and later). */
+const COLUMN_EXISTS = /conflicts with an existing column|already exists/i;
+
+/**
+ * Applies ALTER TABLE ... ADD statements (see applySchema); a column the table already has (created with it, or
+ * added by another agent or an earlier start) is fine. There is no ADD IF NOT EXISTS before Cassandra 5.0.
+ */
+export async function addColumns(execute: (statement: string) => Promise<unknown>, checkAgreement: () => Promise<boolean>, statements: readonly string[]): Promise<void> {
+  for (const statement of statements) {
+    try {
+      await applySchema(execute, checkAgreement, [statement]);
+    } catch (err) {
+      if (!(err instanceof Error) || !COLUMN_EXISTS.test(err.message)) throw err;
+    }
+  }
 }
 
 /** What a node answers to DDL that refers to a keyspace or table it has not heard of yet. */

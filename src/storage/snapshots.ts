@@ -49,11 +49,6 @@ export interface UploadOptions {
   policy: CompressionPolicy;
   /** Chunk uploads in flight at once. Default 4. */
   concurrency?: number;
-  /**
-   * New chunks registered as pending per request (one unlogged batch in the home partition). Default 12 (see
-   * DEFAULT_REGISTRATION_GROUP).
-   */
-  registrationGroup?: number;
   /** A bucket partition is closed once it holds this many stored bytes. Default 64 MiB. */
   bucketBytes?: number;
   /** Timings of the dump that produced the sources, for the manifest. */
@@ -89,14 +84,30 @@ const DEFAULT_CONCURRENCY = 4;
 const DEFAULT_DOWNLOAD_CONCURRENCY = 8;
 const DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024;
 
-/** Chooses the bucket for each new chunk: the newest bucket until it is full, then the next co-located one. */
+/**
+ * Buckets recorded in the uploading version's row per request (store.reserveBuckets): with 64 MiB buckets, one
+ * small write to the home partition per 256 MiB uploaded. It replaced a 'pending' index row per chunk (written in
+ * groups of 12, ~110 requests per GiB), which cost the three JVMs ~4 CPU-s per GiB more than the bare driver loop.
+ */
+const BUCKETS_PER_RESERVATION = 4;
+
+/**
+ * Chooses the bucket for each new chunk: the newest bucket until it is full, then the next co-located one. Every
+ * bucket is reserved in the uploading version (store.reserveBuckets) before a chunk is written to it, so GC can
+ * find the chunks of an upload that crashes; the next reservation is made in the background once the upload moves
+ * into the last reserved bucket, so the puts never wait for one after the first.
+ */
 class BucketFiller {
   private readonly fill = new Map<number, number>();
   private current: number;
+  /** Each reserved (or being reserved) bucket, with the reservation that covers it. */
+  private readonly reservations = new Map<number, Promise<void>>();
+  private lastReserved = -1;
 
   constructor(
     private readonly store: SnapshotStore,
     private readonly container: string,
+    private readonly version: number,
     private readonly limit: number,
     existing: Iterable<ChunkLocation>,
   ) {
@@ -120,28 +131,35 @@ class BucketFiller {
       this.current = this.next(this.current);
     }
     this.fill.set(this.current, (this.fill.get(this.current) ?? 0) + storedSize);
+    // The current bucket is reserved (a ring change may have moved it off the reserved ones), and so are the next
+    // ones once the upload reaches the last reserved bucket.
+    if (!this.reservations.has(this.current)) this.reserveFrom(this.current);
+    if (this.current === this.lastReserved) this.reserveFrom(this.next(this.current));
     return this.current;
+  }
+
+  /** Settles once `bucket` (a bucket `place` returned) is recorded in the uploading version; rejects if that failed. */
+  reserved(bucket: number): Promise<void> {
+    return this.reservations.get(bucket)!;
+  }
+
+  private reserveFrom(first: number): void {
+    const buckets = [first, ...this.store.buckets(this.container, BUCKETS_PER_RESERVATION - 1, first)];
+    const reservation = this.store.reserveBuckets(this.container, this.version, buckets);
+    // Observed here: a failed reservation fails the puts that wait for it, and none may be waiting yet.
+    reservation.catch(() => undefined);
+    for (const bucket of buckets) this.reservations.set(bucket, reservation);
+    this.lastReserved = buckets.at(-1)!;
   }
 }
 
 /** Chunks compressed at once, on libuv's thread pool: one per core of the 2-core machines this targets. */
 const ENCODE_PARALLELISM = 2;
-/**
- * New chunks per pending registration. Each registration is a small request to the same two replicas as the chunk
- * writes, and they cost the JVMs far more than their bytes: measured per GiB uploaded (256 MiB runs, CPU from
- * /proc), the three JVMs spent 28.8-37.3 s with groups of 4 (~290 registrations per GiB), 22.9-33.5 s with groups
- * of 12 (~110), 23.2-25.1 s with none at all (a diagnostic run, not a safe upload), the bare loop 21.3-22.2 s.
- * A group of 12 (~12 MiB of chunks) registered ahead also covers a registration's ~70-120 ms latency.
- */
-const DEFAULT_REGISTRATION_GROUP = 12;
-/**
- * Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). 8 MiB: the group being
- * collected for registration (up to 12 chunks) runs ahead of the writes too.
- */
+/** Prepared chunks held ready ahead of the writes, at most (and at most 4 per put slot). */
 const READ_AHEAD_BYTES = 8 * 1024 * 1024;
 /**
  * The ring new chunks' bytes are copied into (see ChunkArena): the read-ahead, the chunks being hashed and
- * compressed, a group, a registered group and the puts in flight, with room to spare. A chunk that finds no room
+ * compressed, those waiting for a put slot and the puts in flight, with room to spare. A chunk that finds no room
  * gets a buffer of its own.
  */
 const ARENA_BYTES = 48 * 1024 * 1024;
@@ -159,9 +177,8 @@ type PreparedChunk =
  *    moving the hashing to the thread pool cost more of it (see HashingOptions),
  * 2. compressing new chunks where the policy says it pays, ENCODE_PARALLELISM at once on libuv's thread pool,
  *    run ahead of the writes by up to READ_AHEAD_BYTES of prepared chunks,
- * 3. registering new chunks as pending (one batch per group of up to `registrationGroup`), then writing them with
- *    `concurrency` puts in flight; the next groups are registered in the background while earlier ones wait for
- *    put slots or are written.
+ * 3. writing new chunks with `concurrency` puts in flight, each into a bucket reserved beforehand in the uploading
+ *    version (see BucketFiller); up to `concurrency` more chunks wait for a slot.
  * Measured before this (1 chunk read, hashed, compressed, then written, in turn): 1.6 puts in flight on average
  * out of 4 and ~0.5x the throughput of a bare driver loop.
  */
@@ -169,17 +186,13 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const { store, container, policy } = options;
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
-  const registrationGroup = options.registrationGroup ?? DEFAULT_REGISTRATION_GROUP;
-  if (!Number.isInteger(registrationGroup) || registrationGroup < 1) {
-    throw new InvalidArgumentError(`registrationGroup must be a positive integer, got ${registrationGroup}`);
-  }
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
   options.onProgress?.({ version, bytesDone: 0 });
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   requireReusableChunks(container, version, stored.values(), store.cipher?.keyId);
-  const buckets = new BucketFiller(store, container, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
+  const buckets = new BucketFiller(store, container, version, options.bucketBytes ?? DEFAULT_BUCKET_BYTES, stored.values());
   const tally = new CompressionTally();
   /** Hashes new in this snapshot, seen by the preparing stage: a repeat is not encoded or sent twice. */
   const fresh = new Set<string>();
@@ -192,13 +205,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   let uploadedBytes = 0;
   let reusedChunks = 0;
   const uploaded: ChunkLocation[] = [];
-  /** New chunks waiting to be registered as pending. */
-  let group: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
-  /** Registered chunks waiting for a put slot. */
+  /** New chunks waiting for a put slot. */
   const ready: Array<{ location: ChunkLocation; bytes: Buffer }> = [];
-  /** Registrations in flight, and how many chunks they carry. */
-  const registering = new Set<Promise<void>>();
-  let registeringChunks = 0;
 
   const arena = new ChunkArena(ARENA_BYTES);
   const prepare = async ({ data, hash }: HashedChunk): Promise<PreparedChunk> => {
@@ -219,7 +227,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     while (!failure && inFlight.size < concurrency && ready.length > 0) {
       const { location, bytes } = ready.shift()!;
       putClock.begin();
-      const put: Promise<void> = store.putChunk(container, location, bytes).then(
+      // The bucket's reservation has normally returned long before (see BucketFiller).
+      const put: Promise<void> = buckets.reserved(location.bucket).then(() => store.putChunk(container, location, bytes)).then(
         () => {
           // The aggregate rate of the writes (concurrency at once), comparable with the encoder's aggregate rate.
           policy.observeUpload(bytes.length, putClock.end());
@@ -239,47 +248,14 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     }
   };
 
-  /**
-   * Registers a group as pending, in the background: its puts are launched when the registration returns. The next
-   * group is registered once at most `concurrency` chunks wait for put slots (or a registration), so its latency is
-   * hidden behind their puts and those in flight (memory stays bounded: a group, those chunks, the puts). Measured with groups of 4 registered only once the previous one was all in flight:
-   * a registration took ~50 ms while the replicas were busy with chunk writes (it queues behind them), the slots ran
-   * dry meanwhile, and on average only 2.8-3.1 of the 4 puts were in flight (3.6-3.9 since).
-   */
-  const flushGroup = async () => {
-    const pending = group;
-    group = [];
-    if (pending.length === 0 || failure) return;
-    while (!failure && ready.length + registeringChunks > concurrency && inFlight.size + registering.size > 0) {
-      await Promise.race([...inFlight, ...registering]);
-    }
-    if (failure) return;
-    registeringChunks += pending.length;
-    // One request registers the whole group, before any of its data is written (see ChunkState).
-    const registration: Promise<void> = store.indexChunks(container, pending.map((p) => p.location), 'pending').then(
-      () => {
-        ready.push(...pending);
-        launch();
-      },
-      (error: unknown) => {
-        failure ??= { error };
-      },
-    ).finally(() => {
-      registeringChunks -= pending.length;
-      registering.delete(registration);
-    });
-    registering.add(registration);
-  };
-
   const files: SnapshotFile[] = [];
   let bytesDone = 0;
   try {
     for (const source of options.sources) {
       const chunks: ChunkRef[] = [];
       let size = 0;
-      // Opened only once every chunk of the previous sources has been taken and every full group of them is
-      // registered (as before the pipeline: the group in progress carries over to this source). Reading this
-      // source overlaps the writes of the previous one's chunks.
+      // Opened only once every chunk of the previous sources has been taken. Reading this source overlaps the
+      // writes of the previous one's chunks.
       const hashed = hashedChunks(source.open(), source.chunking === 'pages' ? { alignment: PAGE_ALIGNMENT } : undefined, {
         allocate: (size) => arena.allocate(size),
       });
@@ -307,23 +283,20 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
           location = { hash: chunk.hash, bucket: buckets.place(encoded.stored.length), rawSize: chunk.size, storedSize: encoded.stored.length, codec: indexCodec(encoded.codec, store.cipher?.keyId) };
           // If any upload fails the version is never committed, so nothing ever references a chunk that did not arrive.
           placed.set(chunk.hash, location);
-          group.push({ location, bytes: encoded.stored });
+          ready.push({ location, bytes: encoded.stored });
+          launch();
+          // Memory stays bounded: at most `concurrency` chunks wait for a slot besides the puts in flight.
+          while (!failure && ready.length >= concurrency && inFlight.size > 0) await Promise.race(inFlight);
         }
         const { codec, keyId } = parseIndexCodec(location.codec);
         chunks.push({ hash: chunk.hash, size: chunk.size, storedSize: location.storedSize, codec: codec as ChunkRef['codec'], bucket: location.bucket, ...(keyId === undefined ? {} : { keyId }) });
-        // A full group is registered; so is a partial one when nothing more is ready and half the put slots are
-        // idle, so the writes do not wait on a slow source (but a small registration is not sent per chunk).
-        if (group.length >= registrationGroup || (group.length > 0 && prepared.buffered === 0 && inFlight.size + ready.length + registeringChunks < (concurrency + 1) / 2)) {
-          await flushGroup();
-        }
       }
       files.push({ path: source.path, mode: source.mode, size, chunks });
       if (failure) break;
     }
-    await flushGroup();
   } finally {
     // Whatever happened (a source that fails to read included), no put is left running once this returns or throws.
-    while (inFlight.size + registering.size > 0) await Promise.race([...inFlight, ...registering]);
+    while (inFlight.size > 0) await Promise.race(inFlight);
   }
   if (failure) {
     const cause = failure.error;
@@ -331,7 +304,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   }
 
   // Every chunk's data is durable now: only then may later uploads reuse them.
-  await store.indexChunks(container, uploaded, 'stored');
+  await store.indexChunks(container, uploaded);
   const committedAt = Date.now();
   const manifest: VersionManifest = {
     container,

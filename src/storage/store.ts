@@ -16,6 +16,11 @@ export interface VersionRecord {
   committedAt?: Date;
   /** The encoded manifest; present once committed. */
   manifest?: Buffer;
+  /**
+   * The bucket partitions its upload recorded (store.reserveBuckets) before writing chunks to them: where GC looks
+   * for the chunks of an upload that never committed.
+   */
+  uploadBuckets: number[];
 }
 
 export interface ChunkLocation {
@@ -27,11 +32,21 @@ export interface ChunkLocation {
   codec: string;
   /** When the chunk was indexed; absent for a location not read from the store. */
   createdAt?: Date;
-  /** 'pending' while its upload runs (or after that upload crashed), 'stored' once durable. */
+  /**
+   * 'stored': durable on both replicas. 'pending' only in index rows that agents before upload-bucket reservations
+   * wrote ahead of the chunk's data: such a chunk may never have arrived, so it is never reused (GC collects it).
+   */
   state?: ChunkState;
 }
 
 export type ChunkState = 'pending' | 'stored';
+
+/** A chunk found in a bucket partition, indexed or not. */
+export interface BucketChunk {
+  hash: string;
+  /** When its bytes were last written (the cell's write time). */
+  writtenAt: Date;
+}
 
 export interface VersionReadOptions {
   /**
@@ -66,23 +81,33 @@ export interface SnapshotStore {
   latestCommitted(container: string, options?: VersionReadOptions): Promise<VersionRecord | undefined>;
   deleteVersion(container: string, version: number): Promise<void>;
 
-  /** The container's indexed chunks by hash, pending ones included; only stored ones may be reused. */
+  /** The container's indexed chunks by hash; only stored ones may be reused (see ChunkLocation.state). */
   chunkIndex(container: string): Promise<Map<string, ChunkLocation>>;
   /** Buckets co-located with the container's home partition (see placement.ts), in increasing order. */
   buckets(container: string, count: number, after?: number): number[];
-  /** Stores a chunk's (possibly compressed) bytes on both replicas; index it as pending first. */
-  putChunk(container: string, location: ChunkLocation, data: Buffer): Promise<void>;
   /**
-   * Records chunks in the container's chunk index: 'pending' before their data is written (so a crashed
-   * upload's chunks can be found and collected), 'stored' once it is durable (so later uploads reuse them).
+   * Records in an uploading version's row that its upload may write chunks to `buckets`. Called before the first
+   * chunk goes to any of them, so GC can find (and collect) what a crashed upload wrote.
    */
-  indexChunks(container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void>;
+  reserveBuckets(container: string, version: number, buckets: readonly number[]): Promise<void>;
+  /** Stores a chunk's (possibly compressed) bytes on both replicas; reserve its bucket first. */
+  putChunk(container: string, location: ChunkLocation, data: Buffer): Promise<void>;
+  /** Adds chunks to the container's chunk index, once their data is durable (so later uploads reuse them). */
+  indexChunks(container: string, locations: readonly ChunkLocation[]): Promise<void>;
+  /** Every chunk in one of the container's bucket partitions, indexed or not (hashes and write times only). */
+  bucketChunks(container: string, bucket: number): Promise<BucketChunk[]>;
   /**
    * Reads a chunk's stored bytes. With `fromHost`, only that replica is asked (to re-read a copy that failed
    * verification from the other replica).
    */
   getChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>, fromHost?: string): Promise<Buffer | undefined>;
+  /** Deletes a chunk: its index entry, then its bytes. */
   deleteChunk(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void>;
+  /**
+   * Deletes only a chunk's bytes in one bucket: a copy the index does not list there (an abandoned upload's), whose
+   * hash may well be indexed in another bucket.
+   */
+  deleteChunkData(container: string, location: Pick<ChunkLocation, 'hash' | 'bucket'>): Promise<void>;
 
   /**
    * Marks a version as being read by `holder` (a restore) for at most `ttlMs`: GC neither deletes it nor any

@@ -108,7 +108,8 @@ describe('checkpoint faults', () => {
     expect(error).toBeInstanceOf(UploadFailedError);
     expect(String(error)).toMatch(new RegExp(`checkpoint of ${CONTAINER} version \\d+ was not committed`));
     await expectUntouched();
-    const failedVersion = (await store.versions(CONTAINER)).find((v) => v.state === 'uploading')!.version;
+    const failed = (await store.versions(CONTAINER)).find((v) => v.state === 'uploading')!;
+    const failedVersion = failed.version;
 
     // The earlier version reads back whole, and once the node serves again checkpoints commit again.
     await ring.waitStatus(replica.index, 'U', 60_000);
@@ -118,10 +119,15 @@ describe('checkpoint faults', () => {
     const next = await checkpoint();
     expect(next.version).toBeGreaterThan(failedVersion);
 
-    // Past the upload grace period the failed attempt is an orphan: GC removes its version and pending chunks.
+    // Past the upload grace period the failed attempt is an orphan: GC removes its version and the chunks it wrote
+    // (in the buckets it reserved) that no committed version stored there.
+    expect(failed.uploadBuckets.length).toBeGreaterThan(0);
     const gc = await collectGarbage({ store, container: CONTAINER, now: new Date(Date.now() + 16 * 60 * 1000) });
     expect(gc.deletedVersions).toContain(failedVersion);
-    expect([...(await store.chunkIndex(CONTAINER)).values()].filter((c) => c.state === 'pending')).toEqual([]);
+    const index = await store.chunkIndex(CONTAINER);
+    for (const bucket of failed.uploadBuckets) {
+      for (const chunk of await store.bucketChunks(CONTAINER, bucket)) expect(index.get(chunk.hash)?.bucket).toBe(bucket);
+    }
     firstVersion = next.version;
   });
 

@@ -72,21 +72,75 @@ describe('GC-CR', () => {
     expect(await store.latestCommitted(container)).toBeUndefined();
     const [orphan] = await store.versions(container);
     expect(orphan?.state).toBe('uploading');
-    const orphanChunks = (await store.chunkIndex(container)).size;
-    expect(orphanChunks).toBeGreaterThan(0);
+    // Nothing is indexed (that happens once every chunk is durable); the chunks sit in the reserved buckets.
+    expect((await store.chunkIndex(container)).size).toBe(0);
+    expect(orphan!.uploadBuckets.length).toBeGreaterThan(0);
+    const orphanChunks = async () => (await Promise.all(orphan!.uploadBuckets.map((b) => store.bucketChunks(container, b)))).flat().length;
+    const written = await orphanChunks();
+    expect(written).toBeGreaterThanOrEqual(4);
 
     // Right after the crash the upload might still be running elsewhere: nothing is deleted.
     const early = await collectGarbage({ store, container });
     expect(early.deletedVersions).toEqual([]);
     expect(early.chunksDeferred).toBe(true);
-    expect((await store.chunkIndex(container)).size).toBe(orphanChunks);
+    expect(await orphanChunks()).toBe(written);
 
-    // Past the grace period it is an abandoned upload.
+    // Past the grace period it is an abandoned upload: its chunks go, then its version row.
     const later = await collectGarbage({ store, container, now: new Date(Date.now() + 16 * 60 * 1000) });
     expect(later.deletedVersions).toEqual([orphan!.version]);
-    expect(later.deletedChunks).toBe(orphanChunks);
+    expect(later.deletedChunks).toBe(written);
     expect(await store.versions(container)).toEqual([]);
-    expect((await store.chunkIndex(container)).size).toBe(0);
+    expect(await orphanChunks()).toBe(0);
+  });
+
+  it("keeps an abandoned upload's row while chunk deletion is deferred, and never touches chunks a later version stored", async () => {
+    const container = 'gc-abandoned';
+    const policy = new CompressionPolicy();
+    const block = pseudoRandom(3 * MiB, 50);
+    // An upload that wrote its chunks and died before indexing them (its puts fail from the fifth on; nothing commits).
+    let puts = 0;
+    const dying = Object.assign(Object.create(store) as CassandraSnapshotStore, {
+      putChunk: async (...args: Parameters<CassandraSnapshotStore['putChunk']>) => {
+        if (++puts > 4) throw new Error('agent died');
+        return store.putChunk(...args);
+      },
+    });
+    // One bucket per chunk (bucketBytes 1), so the later upload below stores some of the same chunks in other buckets.
+    const failed = await uploadSnapshot({ store: dying, container, sourceHost: 'host1', policy, concurrency: 1, bucketBytes: 1, sources: [{ path: 'm.img', mode: 0o600, open: () => [block, pseudoRandom(8 * MiB, 51)] }] }).catch((e: unknown) => e);
+    expect(String(failed)).toMatch(/agent died/);
+    const [abandoned] = await store.versions(container);
+    expect(abandoned!.uploadBuckets.length).toBeGreaterThanOrEqual(4);
+    // A later upload of the same first bytes stores those chunks again (all in one bucket), and commits.
+    const committed = await uploadSnapshot({ store, container, sourceHost: 'host1', policy, sources: [{ path: 'm.img', mode: 0o600, open: () => [block] }] });
+    const indexedBefore = await store.chunkIndex(container);
+    const leftBehind = (await Promise.all(abandoned!.uploadBuckets.map(async (bucket) => (await store.bucketChunks(container, bucket)).map((c) => ({ ...c, bucket })))))
+      .flat()
+      .filter((c) => indexedBefore.get(c.hash)?.bucket !== c.bucket);
+    expect(leftBehind.length).toBeGreaterThan(0);
+    // Among them a copy of a chunk the committed version has in another bucket: its index entry must survive.
+    expect(leftBehind.some((c) => indexedBefore.has(c.hash))).toBe(true);
+    const inFlight = await store.beginVersion(container, 'host1');
+    const later = new Date(Date.now() + 16 * 60 * 1000);
+
+    // An upload in flight (recent, by the fake clock too): chunk deletion waits, and the abandoned row stays with it.
+    const deferred = await collectGarbage({ store, container, now: new Date() });
+    expect(deferred.chunksDeferred).toBe(true);
+    expect(deferred.deletedVersions).toEqual([]);
+    expect((await store.versions(container)).map((v) => v.version)).toContain(abandoned!.version);
+    await store.deleteVersion(container, inFlight);
+
+    const collected = await collectGarbage({ store, container, now: later });
+    expect(collected.deletedVersions).toEqual([abandoned!.version]);
+    expect(collected.deletedChunks).toBe(leftBehind.length);
+    // The committed version reads back whole: every chunk it needs kept its bytes and its index entry.
+    await downloadSnapshot({ store, container, version: committed.version, targetDir: join(scratch, 'abandoned') });
+    expect(sha(readFileSync(join(scratch, 'abandoned', 'm.img')))).toBe(sha(block));
+    const index = await store.chunkIndex(container);
+    for (const chunk of committed.manifest.files[0]!.chunks) expect(index.get(chunk.hash)?.bucket).toBe(chunk.bucket);
+    // Whatever is left in the abandoned upload's buckets is indexed there.
+    for (const bucket of abandoned!.uploadBuckets) {
+      for (const chunk of await store.bucketChunks(container, bucket)) expect(index.get(chunk.hash)?.bucket).toBe(bucket);
+    }
   });
 
   it("never collects a version a restore holds a lease on, nor its chunks, and collects it once the lease ends", async () => {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
 import { connectStore, sharedTestbed } from '../support/testbed.ts';
 
@@ -59,16 +59,25 @@ describe('the Cassandra snapshot store', () => {
     await expect(store.commitVersion('commit', 99, Buffer.from('x'))).rejects.toThrow(NotFoundError);
   });
 
-  it('stores chunks in co-located buckets, indexes them, and serves them from each replica', async () => {
+  it('stores chunks in reserved co-located buckets, lists and indexes them, and serves them from each replica', async () => {
     const container = 'chunks-a';
-    const [bucket] = store.buckets(container, 1);
+    const version = await store.beginVersion(container, 'host1');
+    const [bucket, second] = store.buckets(container, 2);
+    await store.reserveBuckets(container, version, [second!]);
+    await store.reserveBuckets(container, version, [bucket!, second!]);
+    expect((await store.versions(container))[0]).toMatchObject({ version, state: 'uploading', uploadBuckets: [bucket, second] });
     const a = chunk('alpha');
     const b = chunk('beta');
     const locations = [a, b].map((c) => ({ hash: c.hash, bucket: bucket!, rawSize: c.data.length, storedSize: c.data.length, codec: 'none' }));
-    await store.indexChunks(container, locations, 'pending');
+    const beforePuts = Date.now();
     for (const [i, c] of [a, b].entries()) await store.putChunk(container, locations[i]!, c.data);
-    expect([...(await store.chunkIndex(container)).values()].map((l) => l.state)).toEqual(['pending', 'pending']);
-    await store.indexChunks(container, locations, 'stored');
+    // Written but not indexed yet (what a crashed upload leaves): only a scan of the bucket finds them.
+    expect((await store.chunkIndex(container)).size).toBe(0);
+    const listed = await store.bucketChunks(container, bucket!);
+    expect(listed.map((c) => c.hash).sort()).toEqual([a.hash, b.hash].sort());
+    for (const c of listed) expect(Math.abs(c.writtenAt.getTime() - beforePuts)).toBeLessThan(60_000);
+    expect(await store.bucketChunks(container, second!)).toEqual([]);
+    await store.indexChunks(container, locations);
     const index = await store.chunkIndex(container);
     expect([...index.keys()].sort()).toEqual([a.hash, b.hash].sort());
     expect(index.get(a.hash)).toMatchObject({ hash: a.hash, bucket, rawSize: a.data.length, storedSize: a.data.length, codec: 'none', state: 'stored' });
@@ -81,6 +90,23 @@ describe('the Cassandra snapshot store', () => {
     await store.deleteChunk(container, { hash: a.hash, bucket: bucket! });
     expect([...(await store.chunkIndex(container)).keys()]).toEqual([b.hash]);
     expect(await store.getChunk(container, { hash: a.hash, bucket: bucket! })).toBeUndefined();
+  });
+
+  it('adds the upload_buckets column to a keyspace created before it, and the schema stays idempotent', async () => {
+    const keyspace = 'store_before_buckets';
+    await client.execute(`CREATE KEYSPACE IF NOT EXISTS ${keyspace} WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 2}`);
+    await client.execute(`DROP TABLE IF EXISTS ${keyspace}.manifests`);
+    await client.execute(
+      `CREATE TABLE ${keyspace}.manifests (container text, version bigint, next_version bigint static, state text, manifest blob, source_host text, created_at timestamp, committed_at timestamp, PRIMARY KEY (container, version)) WITH CLUSTERING ORDER BY (version DESC)`,
+    );
+    await testbed.ring.waitSchemaAgreement();
+    const old = new CassandraSnapshotStore({ client, keyspace });
+    await old.ensureSchema();
+    await old.ensureSchema();
+    await testbed.ring.waitSchemaAgreement();
+    const version = await old.beginVersion('upgraded', 'host1');
+    await old.reserveBuckets('upgraded', version, old.buckets('upgraded', 1));
+    expect((await old.versions('upgraded'))[0]?.uploadBuckets).toHaveLength(1);
   });
 
   it('rejects a chunk whose size or hash is malformed, storing nothing', async () => {

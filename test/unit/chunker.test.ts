@@ -7,6 +7,7 @@ import {
   DEFAULT_CHUNKER_OPTIONS,
   type ByteSource,
   type ChunkerOptions,
+  type ChunkerParams,
   GEAR_TABLE,
   PAGE_ALIGNMENT,
   chunkStream,
@@ -48,8 +49,8 @@ const GEAR_TABLE_SHA256 = 'c658ee7f92be580a3340c7b53c7578d0b35c87fa2f503a9f21d9c
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
 
 describe('compileChunkerOptions', () => {
-  it('defaults to 256 KiB / 1 MiB / 4 MiB', () => {
-    expect(compileChunkerOptions()).toMatchObject({ minSize: 256 * KiB, averageSize: MiB, maxSize: 4 * MiB });
+  it('defaults to 256 KiB / 1 MiB (normal size 768 KiB) / 4 MiB', () => {
+    expect(compileChunkerOptions()).toMatchObject({ minSize: 256 * KiB, averageSize: MiB, normalSize: 768 * KiB, maxSize: 4 * MiB });
   });
 
   it.each([
@@ -58,6 +59,9 @@ describe('compileChunkerOptions', () => {
     [{ averageSize: 3 * MiB }, /averageSize must be a power of two/],
     [{ averageSize: 128 * KiB }, /averageSize must be a power of two greater than minSize/],
     [{ maxSize: MiB }, /maxSize must be greater than averageSize/],
+    [{ normalSize: 256 * KiB }, /normalSize must be a multiple of the alignment \(1\) greater than minSize/],
+    [{ normalSize: 2 * MiB }, /normalSize .* at most averageSize/],
+    [{ normalSize: 768 * KiB + 1, alignment: 4 * KiB }, /normalSize must be a multiple of the alignment \(4096\)/],
     [{ maxSize: CHUNK_SIZE_LIMIT + 1 }, /maxSize must be .* at most 8388608/],
     [{ maxSize: Number.NaN }, /maxSize must be an integer/],
   ])('refuses %o, naming the field', (options, message) => {
@@ -148,24 +152,24 @@ describe('chunkStream', () => {
       ends.push(offset);
     }
     expect(ends.slice(0, 12)).toEqual([
-      19560, 45607, 69303, 89712, 110600, 128203, 151501, 164355, 184010, 195939, 213531, 235426,
+      15470, 29257, 45607, 58962, 71303, 84817, 99933, 114131, 128203, 143171, 155884, 164355,
     ]);
   });
 });
 
 /** FastCDC as specified (one chain, whole input at once): what the streaming, two-chain scanner must match. */
-function referenceEnds(data: Uint8Array, options: Required<ChunkerOptions>): number[] {
+function referenceEnds(data: Uint8Array, options: ChunkerParams): number[] {
   const bits = Math.log2(options.averageSize);
   const maskBelow = (~0 << (32 - (bits + 2))) | 0;
   const maskAbove = (~0 << (32 - (bits - 2))) | 0;
   const ends: number[] = [];
   for (let start = 0; start < data.length; ) {
-    const averageEnd = Math.min(data.length, start + options.averageSize);
+    const normalEnd = Math.min(data.length, start + options.normalSize);
     const maxEnd = Math.min(data.length, start + options.maxSize);
     let end = -1;
     let hash = 0;
     let i = start + options.minSize;
-    for (; end < 0 && i < averageEnd; i++) {
+    for (; end < 0 && i < normalEnd; i++) {
       hash = ((hash << 1) + GEAR_TABLE[data[i]!]!) | 0;
       if ((hash & maskBelow) === 0) end = i + 1;
     }
@@ -204,7 +208,7 @@ describe('chunk boundaries against the reference FastCDC', () => {
       [22, lowEntropy(size, 22)],
       [23, Buffer.concat([pseudoRandom(size / 3, 23), Buffer.alloc(size / 3), pseudoRandom(size / 3, 24)])],
     ] as const) {
-      const expected = referenceEnds(data, full);
+      const expected = referenceEnds(data, compileChunkerOptions(options));
       expect(expected.length, `seed ${seed}`).toBeGreaterThan(3);
       expect(await offsetsOf([data], options), `seed ${seed}, one buffer`).toEqual(expected);
       expect(await offsetsOf(inPieces(data, [1, 313, 64 * KiB, 7, 4095, 100_003]), options), `seed ${seed}, pieces`).toEqual(expected);
@@ -213,7 +217,7 @@ describe('chunk boundaries against the reference FastCDC', () => {
 });
 
 /** Aligned chunking by its definition: FastCDC's rule tested only at aligned lengths, on the 32 bytes before each. */
-function referenceAlignedEnds(data: Uint8Array, options: Required<ChunkerOptions>): number[] {
+function referenceAlignedEnds(data: Uint8Array, options: ChunkerParams): number[] {
   const bits = Math.log2(options.averageSize / options.alignment);
   const maskBelow = (~0 << (32 - (bits + 2))) | 0;
   const maskAbove = (~0 << (32 - (bits - 2))) | 0;
@@ -223,7 +227,7 @@ function referenceAlignedEnds(data: Uint8Array, options: Required<ChunkerOptions
     for (let length = options.minSize + options.alignment; length < options.maxSize && start + length <= data.length; length += options.alignment) {
       let hash = 0;
       for (let i = start + length - 32; i < start + length; i++) hash = ((hash << 1) + GEAR_TABLE[data[i]!]!) | 0;
-      if ((hash & (length <= options.averageSize ? maskBelow : maskAbove)) === 0) {
+      if ((hash & (length <= options.normalSize ? maskBelow : maskAbove)) === 0) {
         end = start + length;
         break;
       }
@@ -236,7 +240,7 @@ function referenceAlignedEnds(data: Uint8Array, options: Required<ChunkerOptions
 
 describe('aligned chunking (CRIU pages images)', () => {
   const PAGES: Required<ChunkerOptions> = { ...DEFAULT_CHUNKER_OPTIONS, alignment: PAGE_ALIGNMENT };
-  const SMALL_ALIGNED: Required<ChunkerOptions> = { minSize: 4 * KiB, averageSize: 16 * KiB, maxSize: 64 * KiB, alignment: 512 };
+  const SMALL_ALIGNED = { minSize: 4 * KiB, averageSize: 16 * KiB, maxSize: 64 * KiB, alignment: 512 };
   const ends = async (source: ByteSource, options: ChunkerOptions) => {
     let offset = 0;
     const out: number[] = [];
@@ -250,7 +254,7 @@ describe('aligned chunking (CRIU pages images)', () => {
   ])('cuts at aligned offsets only, as the rule says, however the input is split (%s)', async (_name, options) => {
     const size = options.maxSize * 8;
     for (const data of [pseudoRandom(size, 31), Buffer.from(pseudoRandom((size * 3) / 4, 32).toString('base64')), Buffer.alloc(size)]) {
-      const expected = referenceAlignedEnds(data, options);
+      const expected = referenceAlignedEnds(data, compileChunkerOptions(options));
       expect(expected.slice(0, -1).every((end) => end % options.alignment === 0)).toBe(true);
       expect(await ends([data], options)).toEqual(expected);
       expect(await ends(inPieces(data, [1, 313, 64 * KiB, 7, 4095, 100_003]), options)).toEqual(expected);
@@ -258,11 +262,13 @@ describe('aligned chunking (CRIU pages images)', () => {
     }
   });
 
-  it('keeps the mean chunk size near the target', async () => {
+  it('keeps the mean chunk size at most 1 MiB, near it, cut at any byte or at pages', async () => {
     const data = pseudoRandom(64 * MiB, 33);
-    const count = (await ends([data], PAGES)).length;
-    expect(data.length / count).toBeGreaterThan(0.8 * MiB);
-    expect(data.length / count).toBeLessThan(1.6 * MiB);
+    for (const options of [PAGES, DEFAULT_CHUNKER_OPTIONS]) {
+      const count = (await ends([data], options)).length;
+      expect(data.length / count).toBeGreaterThan(0.8 * MiB);
+      expect(data.length / count).toBeLessThanOrEqual(MiB);
+    }
   });
 
   it('changes only the chunks around inserted and rewritten pages (32 MiB)', async () => {
@@ -301,11 +307,12 @@ describe('the stored format with default sizes', () => {
       return out;
     };
     expect(await ends(inPieces(pseudoRandom(24 * MiB, 11), [64 * KiB]))).toEqual([
-      1129877, 3212675, 4316106, 5449513, 5818577, 7501198, 8553050, 9589529, 10676671, 11600816, 12906931, 14380772,
-      15541252, 16756579, 17824854, 19018465, 20293729, 21117524, 23438571, 24781652, 25165824,
+      845141, 1844864, 3212675, 4316106, 5183947, 5818577, 6841444, 8004103, 9200668, 9589529, 10479964, 11600816,
+      12480287, 13275946, 14380772, 15283391, 16300236, 17662679, 18049683, 19018465, 19956401, 21117524, 21908098,
+      23438571, 24781652, 25165824,
     ]);
     const base64 = Buffer.from(pseudoRandom(6 * MiB, 12).toString('base64'));
-    expect(await ends([base64])).toEqual([1096877, 2858125, 3636705, 4697520, 5233384, 6406696, 8241531, 8388608]);
+    expect(await ends([base64])).toEqual([1096877, 2006717, 2858125, 3636705, 4553207, 5233384, 6406696, 7432420, 8241531, 8388608]);
   });
 });
 

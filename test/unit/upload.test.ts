@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { decodeManifest } from '../../src/storage/manifest.ts';
 import { UploadFailedError, uploadSnapshot, type SnapshotSource } from '../../src/storage/snapshots.ts';
-import type { ChunkLocation, ChunkState, SnapshotStore } from '../../src/storage/store.ts';
+import type { ChunkLocation, SnapshotStore } from '../../src/storage/store.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -16,7 +16,8 @@ function pseudoRandom(bytes: number, seed = 1): Buffer {
 }
 
 type Event =
-  | { op: 'index'; hashes: string[]; state: ChunkState }
+  | { op: 'reserve'; buckets: number[] }
+  | { op: 'index'; hashes: string[] }
   | { op: 'put-start' | 'put-end'; hash: string }
   | { op: 'commit' };
 
@@ -48,10 +49,15 @@ class MemoryStore {
     return Array.from({ length: count }, (_, i) => after + 1 + i);
   }
 
-  async indexChunks(_container: string, locations: readonly ChunkLocation[], state: ChunkState): Promise<void> {
+  async reserveBuckets(_container: string, _version: number, buckets: readonly number[]): Promise<void> {
     await sleep(1);
-    this.events.push({ op: 'index', hashes: locations.map((l) => l.hash), state });
-    for (const location of locations) this.index.set(location.hash, { ...location, state });
+    this.events.push({ op: 'reserve', buckets: [...buckets] });
+  }
+
+  async indexChunks(_container: string, locations: readonly ChunkLocation[]): Promise<void> {
+    await sleep(1);
+    this.events.push({ op: 'index', hashes: locations.map((l) => l.hash) });
+    for (const location of locations) this.index.set(location.hash, { ...location, state: 'stored' });
   }
 
   async putChunk(_container: string, location: ChunkLocation, bytes: Buffer): Promise<void> {
@@ -78,25 +84,31 @@ class MemoryStore {
 const source = (path: string, ...pieces: Buffer[]): SnapshotSource => ({ path, mode: 0o600, open: () => pieces });
 
 describe('uploadSnapshot', () => {
-  it('registers each chunk pending before writing it, marks all stored after, commits last', async () => {
+  it('reserves each bucket before writing a chunk to it, a few buckets per request, indexes all chunks after, commits last', async () => {
     const store = new MemoryStore();
     const data = pseudoRandom(24 * MiB, 1);
-    const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [source('a', data)] });
+    // 2 MiB buckets: a dozen of them, so reservations are made ahead as the upload moves on.
+    const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), bucketBytes: 2 * MiB, sources: [source('a', data)] });
 
-    const pendingAt = new Map<string, number>();
+    const reservedAt = new Map<number, number>();
     store.events.forEach((event, at) => {
-      if (event.op === 'index' && event.state === 'pending') for (const hash of event.hashes) pendingAt.set(hash, at);
+      if (event.op === 'reserve') for (const bucket of event.buckets) reservedAt.set(bucket, at);
     });
-    const storedAt = store.events.findIndex((e) => e.op === 'index' && e.state === 'stored');
+    const indexAt = store.events.findIndex((e) => e.op === 'index');
     const commitAt = store.events.findIndex((e) => e.op === 'commit');
+    const bucketOf = new Map(decodeManifest(store.committed!).files[0]!.chunks.map((c) => [c.hash, c.bucket]));
     store.events.forEach((event, at) => {
-      if (event.op === 'put-start') expect(pendingAt.get(event.hash)).toBeLessThan(at);
-      if (event.op === 'put-end') expect(at).toBeLessThan(storedAt);
+      if (event.op === 'put-start') expect(reservedAt.get(bucketOf.get(event.hash)!)).toBeLessThan(at);
+      if (event.op === 'put-end') expect(at).toBeLessThan(indexAt);
     });
-    expect(storedAt).toBeLessThan(commitAt);
+    expect(indexAt).toBeLessThan(commitAt);
     expect(commitAt).toBe(store.events.length - 1);
-    // Groups of at most `registrationGroup` (default 12) chunks, one registration each.
-    for (const event of store.events) if (event.op === 'index' && event.state === 'pending') expect(event.hashes.length).toBeLessThanOrEqual(12);
+    const usedBuckets = new Set(bucketOf.values()).size;
+    expect(usedBuckets).toBeGreaterThan(8);
+    // Four buckets per reservation: a handful of requests, not one per chunk or per bucket.
+    const reservations = store.events.filter((e) => e.op === 'reserve');
+    expect(reservations.length).toBeLessThanOrEqual(Math.ceil(usedBuckets / 4) + 1);
+    expect(reservations.every((e) => e.op === 'reserve' && e.buckets.length === 4)).toBe(true);
     expect(result.uploadedChunks).toBe(store.data.size);
     expect(result.logicalBytes).toBe(data.length);
     const manifest = decodeManifest(store.committed!);
@@ -169,7 +181,7 @@ describe('uploadSnapshot', () => {
     expect((error as Error).message).toMatch(/not committed: replica down/);
     expect(store.running).toBe(0);
     expect(store.committed).toBeUndefined();
-    expect(store.events.some((e) => e.op === 'index' && e.state === 'stored')).toBe(false);
+    expect(store.events.some((e) => e.op === 'index')).toBe(false);
     // It stopped soon after the failure rather than reading and sending the rest.
     expect(store.events.filter((e) => e.op === 'put-start').length).toBeLessThan(16);
   });
@@ -209,8 +221,8 @@ describe('uploadSnapshot', () => {
     }
     const result = await uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), sources: [{ path: 'p', mode: 0o600, open: big }] });
     expect(result.logicalBytes).toBe(128 * MiB);
-    // Read-ahead (8 MiB) + a group being collected (12 chunks), up to 4 + 12 chunks registered or registering, the puts
-    // in flight (4) + the chunk being cut.
-    expect(maxHeld).toBeLessThan(48 * MiB);
+    // Read-ahead (8 MiB, up to 16 chunks), up to 4 chunks waiting for a slot, the puts in flight (4) + the chunk
+    // being cut and those being hashed and compressed.
+    expect(maxHeld).toBeLessThan(40 * MiB);
   });
 });
