@@ -95,7 +95,7 @@ export interface AgentConfig {
    * 60 s), then how long aborted uploads get to end (default 15 s). Within systemd's default 90 s stop timeout.
    */
   shutdown?: { drainMs?: number; abortGraceMs?: number };
-  /** Failover: restores requested at once (default 8); how long followers wait for the leader (default 2 s). */
+  /** Failover: restores requested at once (default 32); how long followers wait for the leader (default 2 s). */
   failover?: { concurrency?: number; followerDelayMs?: number; reconcileMs?: number };
   /**
    * The Prometheus metrics endpoint (see src/metrics/): `GET http://LISTEN/metrics`; host:port, port 0 for any free
