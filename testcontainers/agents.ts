@@ -173,6 +173,18 @@ export function runningAgentPid(testbed: Testbed, index: number): number | undef
   return Number.isInteger(pid) && isOurs(pid, agentMarker(testbed, index)) ? pid : undefined;
 }
 
+/** Starts an agent on every host of the testbed, in host order; `options` may differ per host index. */
+export async function startAgents(testbed: Testbed, options: AgentOptions | ((index: number) => AgentOptions)): Promise<TestbedAgent[]> {
+  const agents: TestbedAgent[] = [];
+  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, typeof options === 'function' ? options(i) : options));
+  return agents;
+}
+
+/** Stops the agent of every host of the testbed (see stopAgent). */
+export async function stopAgents(testbed: Testbed): Promise<void> {
+  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
+}
+
 /** Stops a host's agent gracefully (SIGTERM), then by SIGKILL if it has not exited in `graceMs`. */
 export async function stopAgent(testbed: Testbed, index: number, graceMs = 20_000): Promise<void> {
   const pid = runningAgentPid(testbed, index);

@@ -14,11 +14,11 @@ import { EventLog } from '../../src/cluster/events.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import type { CodedError } from '../../src/util/errors.ts';
 import { createLogger } from '../../src/util/log.ts';
-import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
-import { runCounterContainer, runtimeFor } from '../../testcontainers/lxc.ts';
+import { type TestbedAgent, startAgents, stopAgents } from '../../testcontainers/agents.ts';
+import { runCounterContainer } from '../../testcontainers/lxc.ts';
 import { until } from '../../testcontainers/until.ts';
 import { parseExposition } from '../support/exposition.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
 
 /**
  * The agent's operator endpoints on the real testbed: the Prometheus metrics a checkpoint moves, scraped over
@@ -44,18 +44,16 @@ beforeAll(async () => {
   await runCounterContainer(testbed.host(1), CONTAINER);
   tokenFile = join(testbed.runDir, 'endpoints-token');
   writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-  for (let i = 1; i <= testbed.hosts.length; i++) {
-    agents.push(await startAgent(testbed, i, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, metrics: true, tokenFile }));
-  }
+  agents.push(...(await startAgents(testbed, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, metrics: true, tokenFile })));
   // Asked of host 2's agent: a checkpoint of host 1's container is forwarded, with host 2's token.
   api = new ClusterClient(agents[1]!.grpcEndpoint, grpc.credentials.createInsecure(), { token: TOKEN });
-  await until(`${CONTAINER} adopted by host1`, async () => ((await api.listContainers()).containers.some((c) => c.name === CONTAINER && c.host === 'host1') || undefined), 60_000, 500);
+  await untilAdopted(api, CONTAINER, 'host1');
 }, 240_000);
 
 afterAll(async () => {
   api?.close();
-  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
-  for (let i = 1; i <= testbed.hosts.length; i++) await removeContainer(runtimeFor(testbed.host(i)), CONTAINER);
+  await stopAgents(testbed);
+  await removeContainersEverywhere(testbed, [CONTAINER]);
   await client?.shutdown();
 }, 120_000);
 

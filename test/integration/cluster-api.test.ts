@@ -15,10 +15,10 @@ import { EventLog } from '../../src/cluster/events.ts';
 import { errorMessage, type CodedError } from '../../src/util/errors.ts';
 import { createLogger } from '../../src/util/log.ts';
 import { CQL_PORT } from '../../testcontainers/cassandra.ts';
-import { agentPidFile, startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
+import { agentPidFile, type TestbedAgent, startAgents, stopAgents } from '../../testcontainers/agents.ts';
 import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } from '../../testcontainers/lxc.ts';
 import { runningCopiesOf } from '../../testcontainers/testbed.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
 
 /**
@@ -44,16 +44,16 @@ beforeAll(async () => {
   await testbed.ring.waitSchemaAgreement();
   await runCounterContainer(testbed.host(1), CONTAINER);
   // No schedule: checkpoints happen only when asked.
-  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META }));
+  agents.push(...(await startAgents(testbed, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META })));
   // Asked of host 2's agent; the container lives on host 1.
   api = new ClusterClient(agents[1]!.grpcEndpoint, grpc.credentials.createInsecure());
-  await until(`${CONTAINER} adopted by host1`, async () => ((await api.listContainers()).containers.some((c) => c.name === CONTAINER && c.host === 'host1') || undefined), 60_000, 500);
+  await untilAdopted(api, CONTAINER, 'host1');
 }, 240_000);
 
 afterAll(async () => {
   api?.close();
-  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
-  for (let i = 1; i <= testbed.hosts.length; i++) await removeContainer(runtimeFor(testbed.host(i)), CONTAINER);
+  await stopAgents(testbed);
+  await removeContainersEverywhere(testbed, [CONTAINER]);
   await client?.shutdown();
 }, 120_000);
 

@@ -10,11 +10,11 @@ import { channelCredentials } from '../../src/api/tls.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import { errorMessage } from '../../src/util/errors.ts';
 import { makeTestCertificates, type TestCertificates } from '../../testcontainers/certs.ts';
-import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
-import { runCounterContainer, runtimeFor } from '../../testcontainers/lxc.ts';
+import { startAgent, type TestbedAgent, stopAgents } from '../../testcontainers/agents.ts';
+import { runCounterContainer } from '../../testcontainers/lxc.ts';
 import { runningCopiesOf } from '../../testcontainers/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { connectStore, sharedTestbed, removeContainersEverywhere } from '../support/testbed.ts';
 
 /**
  * Mutual TLS on the real testbed: agents serve and call each other with certificates of one CA, clients must
@@ -43,8 +43,8 @@ beforeAll(async () => {
 }, 240_000);
 
 afterAll(async () => {
-  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
-  for (let i = 1; i <= testbed.hosts.length; i++) await removeContainer(runtimeFor(testbed.host(i)), CONTAINER);
+  await stopAgents(testbed);
+  await removeContainersEverywhere(testbed, [CONTAINER]);
   await client?.shutdown();
   rmSync(scratch, { recursive: true, force: true });
 }, 120_000);

@@ -7,10 +7,9 @@ import { ClusterClient } from '../../src/api/cluster-client.ts';
 import type { TransferProgress__Output } from '../../src/api/generated/lxcr/v1/TransferProgress.ts';
 import { ClusterRegistry } from '../../src/cluster/registry.ts';
 import { errorMessage } from '../../src/util/errors.ts';
-import { startAgent, stopAgent, type TestbedAgent } from '../../testcontainers/agents.ts';
-import { runCounterContainer, runtimeFor } from '../../testcontainers/lxc.ts';
-import { until } from '../../testcontainers/until.ts';
-import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
+import { type TestbedAgent, startAgents, stopAgents } from '../../testcontainers/agents.ts';
+import { runCounterContainer } from '../../testcontainers/lxc.ts';
+import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
 
 /**
  * Progress of long transfers, on the real testbed: `lxcr checkpoint --progress` of a container holding 128 MiB
@@ -31,18 +30,18 @@ beforeAll(async () => {
   await new ClusterRegistry({ client, keyspace: META }).ensureSchema();
   await testbed.ring.waitSchemaAgreement();
   await runCounterContainer(testbed.host(1), CONTAINER, { memoryMiB: 128 });
-  for (let i = 1; i <= testbed.hosts.length; i++) agents.push(await startAgent(testbed, i, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META }));
+  agents.push(...(await startAgents(testbed, { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META })));
   const api = clientOf(1);
   try {
-    await until(`${CONTAINER} adopted by host1`, async () => ((await api.listContainers()).containers.some((c) => c.name === CONTAINER && c.host === 'host1') || undefined), 60_000, 500);
+    await untilAdopted(api, CONTAINER, 'host1');
   } finally {
     api.close();
   }
 }, 240_000);
 
 afterAll(async () => {
-  for (let i = 1; i <= testbed.hosts.length; i++) await stopAgent(testbed, i);
-  for (let i = 1; i <= testbed.hosts.length; i++) await removeContainer(runtimeFor(testbed.host(i)), CONTAINER);
+  await stopAgents(testbed);
+  await removeContainersEverywhere(testbed, [CONTAINER]);
   await client?.shutdown();
 }, 120_000);
 

@@ -3,7 +3,10 @@ import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
 import type { ContainerRuntime } from '../../src/runtime/runtime.ts';
 import { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
+import type { ClusterClient } from '../../src/api/cluster-client.ts';
 import { clientFor } from '../../testcontainers/client.ts';
+import { runtimeFor } from '../../testcontainers/lxc.ts';
+import { until } from '../../testcontainers/until.ts';
 import { LocalCassandraRing } from '../../testcontainers/cassandra.ts';
 import { Testbed } from '../../testcontainers/testbed.ts';
 
@@ -62,4 +65,14 @@ export async function removeContainer(runtime: ContainerRuntime, name: string): 
     await runtime.stop(name, { kill: true });
     await runtime.destroy(name);
   }
+}
+
+/** Kills and destroys the named containers on every host of the testbed, wherever they ended up. */
+export async function removeContainersEverywhere(testbed: Testbed, names: readonly string[]): Promise<void> {
+  for (const host of testbed.hosts) for (const name of names) await removeContainer(runtimeFor(host), name);
+}
+
+/** Waits until the cluster, asked through `api`, lists `container` as owned by `hostId` (its agent adopted it). */
+export async function untilAdopted(api: ClusterClient, container: string, hostId: string): Promise<void> {
+  await until(`${container} adopted by ${hostId}`, async () => ((await api.listContainers()).containers.some((c) => c.name === container && c.host === hostId) || undefined), 60_000, 500);
 }
