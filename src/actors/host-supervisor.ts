@@ -111,6 +111,7 @@ export class HostSupervisor {
       this.system,
       async (_state: undefined, _message: SupervisorMessage, ctx) => {
         this.spawnFor ??= (name) => spawnContainerActor(ctx.self, name, deps, options.schedule ?? {});
+        this.pollQueued = false; // a request from now on needs a poll that reads the states after it
         await this.poll(this.spawnFor);
         return undefined;
       },
@@ -128,14 +129,12 @@ export class HostSupervisor {
    */
   private async poll(spawnFor: (name: string) => ContainerActor): Promise<void> {
     await this.fence();
-    const names = await this.options.runtime.list();
+    const states = await this.options.runtime.states();
     if (!this.startupSwept) {
       this.startupSwept = true;
-      await this.sweepStoppedCopies(names, spawnFor);
+      await this.sweepStoppedCopies(states, spawnFor);
     }
-    for (const name of names) {
-      const state = await this.options.runtime.state(name).catch(() => undefined);
-      if (state === undefined) continue; // destroyed between list and state
+    for (const [name, state] of states) {
       if (this.handedOff.has(name)) {
         if (state !== 'RUNNING') continue; // stopped for its next owner: neither crashed nor ours to restart
         this.handedOff.delete(name); // restored here (a restore asked for this host): supervised again below
@@ -174,12 +173,10 @@ export class HostSupervisor {
    * here died with the host and was never failed over (the host came back first): it is restored here from its
    * last committed snapshot, as after any crash. Stopped containers the registry does not know are left alone.
    */
-  private async sweepStoppedCopies(names: readonly string[], spawnFor: (name: string) => ContainerActor): Promise<void> {
+  private async sweepStoppedCopies(states: ReadonlyMap<string, ContainerState>, spawnFor: (name: string) => ContainerActor): Promise<void> {
     const guard = this.options.ownership;
-    if (!guard || names.length === 0) return;
-    const stopped: string[] = [];
-    for (const name of names) if ((await this.options.runtime.state(name).catch(() => undefined)) === 'STOPPED') stopped.push(name);
-    if (stopped.length === 0) return;
+    const stopped = [...states].filter(([, state]) => state === 'STOPPED').map(([name]) => name);
+    if (!guard || stopped.length === 0) return;
     for (const name of await guard.ownedElsewhere(stopped)) await this.destroyStale(name);
     for (const name of await guard.runningHere(stopped)) {
       const actor = spawnFor(name);
@@ -227,10 +224,17 @@ export class HostSupervisor {
     await this.options.ownership?.destroyedStale(name);
   }
 
-  /** Polls now, e.g. right after a container was restored here. */
+  /**
+   * Polls soon, e.g. right after a container was restored here. Requests that arrive before the poll they
+   * queued has started share it: twenty restores finishing together cost one or two polls, not twenty.
+   */
   pollNow(): void {
+    if (this.pollQueued) return;
+    this.pollQueued = true;
     tell(this.actor, { type: 'poll' });
   }
+
+  private pollQueued = false;
 
   /** What the supervisor last saw of each container. */
   states(): ReadonlyMap<string, SupervisedState> {

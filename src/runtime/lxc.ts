@@ -220,6 +220,26 @@ interface DetachedRunResult {
  * while the container runs), and a signal to our process group would take the container down. On timeout
  * the whole process tree is killed: a half-done restore leaves CRIU tasks that would otherwise run on.
  */
+/**
+ * `lxc-ls --fancy --fancy-format NAME,STATE`: a header line, then one `<name> <state>` line per container (no
+ * output at all for none). Container names never hold whitespace (validateContainerName).
+ */
+export function parseFancyStates(stdout: string): Map<string, ContainerState> {
+  const rows = stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[0] !== '');
+  if (rows[0]?.[0] === 'NAME' && rows[0]?.[1] === 'STATE') rows.shift();
+  const states = new Map<string, ContainerState>();
+  for (const [name, state, ...rest] of rows.sort((a, b) => (a[0]! < b[0]! ? -1 : 1))) {
+    if (name === undefined || state === undefined || rest.length > 0) {
+      throw new FailedPreconditionError(`lxc-ls printed "${[name, state, ...rest].join(' ')}", not a container name and a state`);
+    }
+    if (!isContainerState(state)) {
+      throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
+    }
+    states.set(name, state);
+  }
+  return states;
+}
+
 async function runDetached(
   program: string,
   args: readonly string[],
@@ -342,6 +362,11 @@ export class LxcRuntime implements ContainerRuntime {
       throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
     }
     return state;
+  }
+
+  async states(): Promise<Map<string, ContainerState>> {
+    const { stdout } = await this.lxc('lxc-ls', undefined, ['--fancy', '--fancy-format', 'NAME,STATE']);
+    return parseFancyStates(stdout);
   }
 
   async start(name: string): Promise<void> {

@@ -67,6 +67,11 @@ export interface ContainerRuntime {
   exists(name: string): Promise<boolean>;
   /** The container's current state. */
   state(name: string): Promise<ContainerState>;
+  /**
+   * Every container defined on this host with its state, sorted by name, read at once: a supervisor polling a
+   * host of many containers must not pay one process per container per poll.
+   */
+  states(): Promise<Map<string, ContainerState>>;
   /** Starts a stopped container; resolves once it is RUNNING. */
   start(name: string): Promise<void>;
   /** Stops a container; resolves at once if it is already stopped. */

@@ -97,6 +97,18 @@ describe('LXC checkpoint/restore', () => {
     expect(await readCounter(host1, COUNTER)).toBe(atDump);
   }, 60_000);
 
+  it('reads every container state of a host at once, agreeing with lxc-info one by one', async () => {
+    for (const runtime of [runtime1, runtime2]) {
+      const states = await runtime.states();
+      expect([...states.keys()]).toEqual(await runtime.list());
+      for (const [name, state] of states) expect(await runtime.state(name)).toBe(state);
+    }
+    expect((await runtime1.states()).get(COUNTER)).toBe('STOPPED');
+    expect((await runtime2.states()).get(COUNTER)).toBe('RUNNING');
+    const empty = await createLxcHost('empty', join(runDir, 'hosts/empty/lxc'));
+    expect((await runtimeFor(empty).states()).size).toBe(0);
+  });
+
   it('refuses to checkpoint a stopped container (images directory untouched) or restore a running one', async () => {
     expect(await runtime1.state(COUNTER)).toBe('STOPPED');
     await expect(runtime1.checkpoint(COUNTER, join(imagesRoot, 'refused'), { stop: true })).rejects.toBeInstanceOf(
