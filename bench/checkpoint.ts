@@ -1,7 +1,8 @@
 // npm run bench:checkpoint — checkpoint cost on the real testbed (3 Cassandra nodes, LXC, CRIU), with its
 // baselines measured in the same run: a raw lxc-checkpoint dump and restore to local disk, and the same bytes
 // written to the same keyspace by a bare driver loop. Sizes from LXCR_BENCH_SIZES (MiB, default 64,256,1024).
-// Prints a table per size and, last, one JSON line with the ratios for the largest size.
+// Prints a table per size and, last, one JSON line with the ratios for the largest size. Freeze and raw dump
+// times are medians of DUMP_SAMPLES dumps each (every checkpoint dumps the whole container).
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,20 +15,25 @@ import { createLogger } from '../src/util/log.ts';
 import { createCounterContainer, dirtyMemory, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
 import { LocalCassandraRing } from '../testcontainers/cassandra.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
-import { connectBenchClient, log, round } from './support.ts';
+import { connectBenchClient, log, median, round } from './support.ts';
 
 const MiB = 1024 * 1024;
 const KEYSPACE = 'lxcr_bench';
 const CONCURRENCY = 4;
+/** Dumps timed per size, raw and ours alike; the ratio compares their medians. */
+const DUMP_SAMPLES = 3;
 const sizes = (process.env.LXCR_BENCH_SIZES ?? '64,256,1024').split(',').map(Number);
 const mibps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
 
 interface SizeResult {
   sizeMiB: number;
+  /** Medians of DUMP_SAMPLES dumps each: one dump's time varies by ±10% on this machine. */
   rawDumpMs: number;
+  rawDumpSamplesMs: number[];
   rawRestoreMs: number;
   imageMiB: number;
   freezeMs: number;
+  freezeSamplesMs: number[];
   uploadMs: number;
   uploadedMiB: number;
   uploadMiBps: number;
@@ -111,13 +117,20 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
   await startContainer(host, name);
   await waitRunning(host, name, 120_000);
 
-  // Baseline: a raw dump to local disk the way ours runs (the container keeps running), then the container is
-  // killed and restored from those images on the same host.
-  const rawDir = join(staging, `${name}-raw`);
-  const rawDump = await runtime.checkpoint(name, rawDir, { stop: false });
+  // Baseline: raw dumps to local disk the way ours runs (the container keeps running), then the container is
+  // killed and restored from the last one's images on the same host.
+  const rawDumpMs: number[] = [];
+  const rawDir = (i: number) => join(staging, `${name}-raw-${i}`);
+  let rawImageBytes = 0;
+  for (let i = 0; i < DUMP_SAMPLES; i++) {
+    const rawDump = await runtime.checkpoint(name, rawDir(i), { stop: false });
+    rawDumpMs.push(rawDump.dumpMs);
+    rawImageBytes = rawDump.imageBytes;
+    if (i < DUMP_SAMPLES - 1) rmSync(rawDir(i), { recursive: true, force: true });
+  }
   await runtime.stop(name, { kill: true });
-  const rawRestore = await runtime.restore(name, rawDir);
-  rmSync(rawDir, { recursive: true, force: true });
+  const rawRestore = await runtime.restore(name, rawDir(DUMP_SAMPLES - 1));
+  rmSync(rawDir(DUMP_SAMPLES - 1), { recursive: true, force: true });
 
   const policy = new CompressionPolicy();
   const rssBeforeUpload = process.memoryUsage.rss();
@@ -128,6 +141,11 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
 
   await dirtyMemory(host, name, Math.max(1, Math.round(sizeMiB / 10)));
   const second = await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging });
+  // Every checkpoint dumps the whole container, so each one's freeze is a sample of the same quantity.
+  const freezeMs = [first.dumpMs, second.dumpMs];
+  while (freezeMs.length < DUMP_SAMPLES) {
+    freezeMs.push((await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging })).dumpMs);
+  }
 
   const { result: bareLoopMiBps, ...bareCpu } = await cpuPerGiB(testbed, () => first.uploadedBytes, () => bareLoop(client, first.uploadedBytes));
 
@@ -141,10 +159,12 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
 
   return {
     sizeMiB,
-    rawDumpMs: rawDump.dumpMs,
+    rawDumpMs: median(rawDumpMs),
+    rawDumpSamplesMs: rawDumpMs,
     rawRestoreMs: rawRestore.restoreMs,
-    imageMiB: rawDump.imageBytes / MiB,
-    freezeMs: first.dumpMs,
+    imageMiB: rawImageBytes / MiB,
+    freezeMs: median(freezeMs),
+    freezeSamplesMs: freezeMs,
     uploadMs,
     uploadedMiB: first.uploadedBytes / MiB,
     uploadMiBps: mibps(first.uploadedBytes, uploadMs),
@@ -181,8 +201,8 @@ async function main(): Promise<void> {
       results.push(r);
       log(
         [
-          `raw lxc-checkpoint: dump ${round(r.rawDumpMs)} ms (${round(r.imageMiB)} MiB of images), restore ${round(r.rawRestoreMs)} ms`,
-          `checkpoint: frozen ${round(r.freezeMs)} ms, uploaded ${round(r.uploadedMiB)} MiB in ${round(r.uploadMs)} ms = ${round(r.uploadMiBps)} MiB/s (bare driver loop ${round(r.bareLoopMiBps)} MiB/s), durable after ${round(r.durableMs)} ms`,
+          `raw lxc-checkpoint: dump ${round(r.rawDumpMs)} ms (median of ${r.rawDumpSamplesMs.map((v) => round(v)).join(', ')}; ${round(r.imageMiB)} MiB of images), restore ${round(r.rawRestoreMs)} ms`,
+          `checkpoint: frozen ${round(r.freezeMs)} ms (median of ${r.freezeSamplesMs.map((v) => round(v)).join(', ')}), uploaded ${round(r.uploadedMiB)} MiB in ${round(r.uploadMs)} ms = ${round(r.uploadMiBps)} MiB/s (bare driver loop ${round(r.bareLoopMiBps)} MiB/s), durable after ${round(r.durableMs)} ms`,
           `compression decisions: ${JSON.stringify(r.compression)}`,
           `CPU-s per GiB (this process; each JVM = sum): checkpoint ${cpuLine(r.uploadCpu)}; bare loop ${cpuLine(r.bareCpu)}`,
           `peak RSS of this process during the checkpoint: ${round(r.uploadPeakRssMiB, 1)} MiB (${round(r.rssBeforeUploadMiB, 1)} MiB before it; the dump is streamed, never held whole)`,

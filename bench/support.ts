@@ -11,3 +11,11 @@ export async function connectBenchClient(testbed: Testbed, readTimeoutMs: number
 
 export const round = (n: number, digits = 2) => Number(n.toFixed(digits));
 export const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** The middle value (the mean of the two middle ones for an even count). */
+export function median(values: readonly number[]): number {
+  if (values.length === 0) throw new Error('median of no values');
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
