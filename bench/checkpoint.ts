@@ -2,7 +2,8 @@
 // baselines measured in the same run: a raw lxc-checkpoint dump and restore to local disk, and the same bytes
 // written to the same keyspace by a bare driver loop. Sizes from LXCR_BENCH_SIZES (MiB, default 64,256,1024).
 // Prints a table per size and, last, one JSON line with the ratios for the largest size. Freeze and raw dump
-// times are medians of DUMP_SAMPLES dumps each (every checkpoint dumps the whole container).
+// times are medians of DUMP_SAMPLES dumps each (every checkpoint dumps the whole container). Both measured
+// uploads (ours, the bare loop) start on a quiet ring: memtables flushed, no compaction pending.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ const KEYSPACE = 'lxcr_bench';
 const CONCURRENCY = 4;
 /** Dumps timed per size, raw and ours alike; the ratio compares their medians. */
 const DUMP_SAMPLES = 3;
+const QUIESCE_TIMEOUT_MS = 120_000;
 const sizes = (process.env.LXCR_BENCH_SIZES ?? '64,256,1024').split(',').map(Number);
 const mibps = (bytes: number, ms: number) => bytes / MiB / (ms / 1000);
 
@@ -95,6 +97,26 @@ async function cpuPerGiB<T>(testbed: Testbed, bytes: (result: T) => number, task
   };
 }
 
+/**
+ * Flushes every node's memtables and waits until no compaction is pending: each measured upload (ours and the
+ * bare loop's) starts on a quiet ring instead of paying for the flushes and compactions of what was written
+ * before it.
+ */
+async function quiesceRing(testbed: Testbed): Promise<void> {
+  const { ring } = testbed;
+  await Promise.all(ring.nodes.map((n) => ring.nodetool(n.index, ['flush'])));
+  const deadline = Date.now() + QUIESCE_TIMEOUT_MS;
+  for (;;) {
+    const stats = await Promise.all(ring.nodes.map((n) => ring.nodetool(n.index, ['compactionstats'])));
+    if (stats.every((output) => /pending tasks: 0\b/.test(output))) return;
+    if (Date.now() > deadline) {
+      log(`compactions still pending after ${QUIESCE_TIMEOUT_MS / 1000} s; measuring anyway`);
+      return;
+    }
+    await new Promise((wait) => setTimeout(wait, 1000));
+  }
+}
+
 /** The baseline: the same number of bytes as 1 MiB blobs, at the same consistency and concurrency. */
 async function bareLoop(client: cassandra.Client, bytes: number): Promise<number> {
   const blobs = Math.max(1, Math.round(bytes / MiB));
@@ -133,6 +155,7 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
   rmSync(rawDir(DUMP_SAMPLES - 1), { recursive: true, force: true });
 
   const policy = new CompressionPolicy();
+  await quiesceRing(testbed);
   const rssBeforeUpload = process.memoryUsage.rss();
   const { result: { result: first, peakBytes: uploadPeakRss }, ...uploadCpu } = await cpuPerGiB(testbed, (r) => r.result.uploadedBytes, () =>
     peakRss(() => checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging })),
@@ -147,6 +170,7 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
     freezeMs.push((await checkpointToStore({ runtime, store, policy, container: name, sourceHost: host.hostId, stagingDir: staging })).dumpMs);
   }
 
+  await quiesceRing(testbed);
   const { result: bareLoopMiBps, ...bareCpu } = await cpuPerGiB(testbed, () => first.uploadedBytes, () => bareLoop(client, first.uploadedBytes));
 
   await runtime.stop(name, { kill: true });
