@@ -155,14 +155,24 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
   };
 
   const recover = async (): Promise<RecoverOutcome> => {
-    // The stopped local copy is stale: the committed snapshot in the store is what comes back.
-    if (await deps.runtime.exists(container)) {
-      await deps.runtime.stop(container, { kill: true });
-      await deps.runtime.destroy(container);
+    const started = performance.now();
+    try {
+      // The stopped local copy is stale: the committed snapshot in the store is what comes back.
+      if (await deps.runtime.exists(container)) {
+        await deps.runtime.stop(container, { kill: true });
+        await deps.runtime.destroy(container);
+      }
+      const restored = await restoreFromStore({ runtime: deps.runtime, store: deps.store, container, stagingDir: deps.stagingDir });
+      log.warn('restored after a crash', { version: restored.manifest.version, restoreMs: Math.round(restored.restoreMs) });
+      await deps.events?.record({
+        kind: 'crash-recovered', host: deps.hostId, container, version: restored.manifest.version, durationMs: performance.now() - started, bytes: restored.bytes, outcome: 'ok',
+        detail: `stopped without being asked to; restored on this host: download ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+      });
+      return { version: restored.manifest.version, restoreMs: restored.restoreMs };
+    } catch (err) {
+      await deps.events?.record({ kind: 'crash-recovery-failed', host: deps.hostId, container, durationMs: performance.now() - started, outcome: 'failed', detail: errorMessage(err) });
+      throw err;
     }
-    const restored = await restoreFromStore({ runtime: deps.runtime, store: deps.store, container, stagingDir: deps.stagingDir });
-    log.warn('restored after a crash', { version: restored.manifest.version, restoreMs: Math.round(restored.restoreMs) });
-    return { version: restored.manifest.version, restoreMs: restored.restoreMs };
   };
 
   // A scheduled tick while one is already waiting is dropped: slow uploads never pile up checkpoints.

@@ -24,6 +24,8 @@ export type EventKind =
   | 'restore-claimed'
   | 'restore-done'
   | 'restore-failed'
+  | 'crash-recovered'
+  | 'crash-recovery-failed'
   | 'replicas-not-found'
   | 'container-adopted'
   | 'stale-copy-destroyed'

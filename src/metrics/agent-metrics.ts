@@ -44,8 +44,8 @@ export class AgentMetrics {
     'Raw snapshot bytes over bytes uploaded, of the last checkpoint that uploaded anything (deduplication and compression together); the cumulative ratio is rate(lxcr_checkpoint_dump_bytes_total) / rate(lxcr_checkpoint_upload_bytes_total).',
   );
   private readonly gcFreed = this.registry.counter('lxcr_gc_freed_bytes_total', 'Stored bytes freed by garbage collection of obsolete versions and chunks.');
-  private readonly restores = this.registry.counter('lxcr_restores_total', 'Restores onto this host (failover, migration, API), by outcome (ok, failed).');
-  private readonly restoreSeconds = this.registry.histogram('lxcr_restore_duration_seconds', 'Restore onto this host: download, import and CRIU restore.', SECONDS_BUCKETS);
+  private readonly restores = this.registry.counter('lxcr_restores_total', 'Restores onto this host (failover, migration, API, and of its own crashed containers), by outcome (ok, failed).');
+  private readonly restoreSeconds = this.registry.histogram('lxcr_restore_duration_seconds', 'Restore onto this host (any of the above): download, import and CRIU restore.', SECONDS_BUCKETS);
   private readonly restoreBytes = this.registry.counter('lxcr_restore_bytes_total', 'Snapshot bytes written by restores onto this host.');
   private readonly refused = this.registry.counter('lxcr_requests_refused_total', 'gRPC calls refused or failed, by outcome (refused: as asked; failed: could not be done).');
 
@@ -85,11 +85,13 @@ export class AgentMetrics {
         this.gcFreed.inc(event.bytes ?? 0);
         break;
       case 'restore-done':
+      case 'crash-recovered':
         this.restores.inc(1, { outcome: 'ok' });
         if (seconds !== undefined) this.restoreSeconds.observe(seconds);
         this.restoreBytes.inc(event.bytes ?? 0);
         break;
       case 'restore-failed':
+      case 'crash-recovery-failed':
         this.restores.inc(1, { outcome: 'failed' });
         break;
       case 'request-refused':

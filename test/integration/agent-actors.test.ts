@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostSupervisor } from '../../src/actors/host-supervisor.ts';
+import type { ClusterEvent } from '../../src/cluster/events.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CodedError, InvalidArgumentError, NotFoundError } from '../../src/util/errors.ts';
 import { run } from '../../src/util/exec.ts';
@@ -19,6 +20,8 @@ const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 let supervisor: HostSupervisor;
+/** What the actors put in the audit trail (an EventLog writes these to Cassandra; see the failover tests). */
+const recorded: ClusterEvent[] = [];
 
 beforeAll(async () => {
   ({ client, store } = await connectStore(testbed, 'agent_test'));
@@ -29,6 +32,7 @@ beforeAll(async () => {
   }
   supervisor = new HostSupervisor({
     hostId: host.hostId, runtime, store, stagingDir: staging, logger: createLogger('test-agent', 'warn'), pollMs: 300, schedule: { everyMs: 2000 }, keep: 2,
+    events: { record: (event) => { recorded.push(event); return Promise.resolve(); } },
   });
   await until('the supervisor to adopt the containers', () =>
     supervisor.states().get(CONTAINER) === 'RUNNING' && supervisor.states().get(NEIGHBOUR) === 'RUNNING' ? true : undefined,
@@ -67,6 +71,10 @@ describe("the agent's actors on a real host", () => {
     await until('the container to be restored', async () => ((await runtime.state(CONTAINER).catch(() => undefined)) === 'RUNNING' && supervisor.states().get(CONTAINER) === 'RUNNING' ? true : undefined), 60_000);
     const after = await waitForCounterAbove(host, CONTAINER, before);
     expect(after).toBeGreaterThanOrEqual(before); // continued from a checkpoint, not from 1
+    const recoveries = recorded.filter((e) => e.container === CONTAINER && e.kind.startsWith('crash-recover'));
+    expect(recoveries.map((e) => [e.kind, e.host, e.outcome])).toEqual([['crash-recovered', host.hostId, 'ok']]);
+    expect(recoveries[0]!.version).toBeGreaterThanOrEqual(checkpointed.version);
+    expect(recoveries[0]!.detail).toMatch(/stopped without being asked to; restored on this host: .*lxc-checkpoint -r \d+ ms/);
     await until('a checkpoint after the restore', async () => ((await store.latestCommitted(CONTAINER))!.version > checkpointed.version + 1 ? true : undefined), 30_000);
   });
 

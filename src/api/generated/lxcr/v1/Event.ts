@@ -10,8 +10,9 @@ export interface Event {
   'atMs'?: (number | string | Long);
   /**
    * What happened: checkpoint-committed, checkpoint-failed, gc-collected, host-down, host-up, restore-requested,
-   * restore-claimed, restore-done, restore-failed, replicas-not-found, handed-off, migration-done,
-   * migration-failed, container-adopted, stale-copy-destroyed, request-refused.
+   * restore-claimed, restore-done, restore-failed, crash-recovered, crash-recovery-failed, replicas-not-found,
+   * handed-off, migration-done, migration-failed, container-adopted, stale-copy-destroyed, agent-stopped,
+   * request-refused.
    */
   'kind'?: (string);
   /**
@@ -40,8 +41,9 @@ export interface Event__Output {
   'atMs': (number);
   /**
    * What happened: checkpoint-committed, checkpoint-failed, gc-collected, host-down, host-up, restore-requested,
-   * restore-claimed, restore-done, restore-failed, replicas-not-found, handed-off, migration-done,
-   * migration-failed, container-adopted, stale-copy-destroyed, request-refused.
+   * restore-claimed, restore-done, restore-failed, crash-recovered, crash-recovery-failed, replicas-not-found,
+   * handed-off, migration-done, migration-failed, container-adopted, stale-copy-destroyed, agent-stopped,
+   * request-refused.
    */
   'kind': (string);
   /**
