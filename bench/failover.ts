@@ -10,6 +10,8 @@
 // Prints a line per count and, last, one JSON line with detect_s_N, restore_start_s_N, all_running_s_N and
 // scaling_20_vs_5 ((c) − (a) for 20 over (c) − (a) for 5). Agents keep standby copies (as by default) unless
 // LXCR_BENCH_STANDBY=off; with them, the kill waits until every restoring host holds its copy.
+import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
+import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
 import { EventLog, type RecordedEvent } from '../src/cluster/events.ts';
 import { ClusterRegistry } from '../src/cluster/registry.ts';
@@ -17,7 +19,7 @@ import { CassandraSnapshotStore } from '../src/storage/cassandra-store.ts';
 import { createLogger } from '../src/util/log.ts';
 import { mapBounded } from '../src/util/concurrency.ts';
 import { StandbyCache } from '../src/storage/standby-cache.ts';
-import { killHost, standbyDir, startAgent, stopAgent } from '../testcontainers/agents.ts';
+import { agentLogFile, killHost, standbyDir, startAgent, stopAgent } from '../testcontainers/agents.ts';
 import { createCounterContainer, runtimeFor, startContainer, waitRunning } from '../testcontainers/lxc.ts';
 import { Testbed } from '../testcontainers/testbed.ts';
 import { connectBenchClient, log, round } from './support.ts';
@@ -176,6 +178,18 @@ async function benchCount(testbed: Testbed, client: cassandra.Client, count: num
   }
 }
 
+/**
+ * Copies every agent's log out of the testbed before its teardown deletes them: the only record of what each
+ * coordinator and restore did when a run's figures look odd.
+ */
+function keepAgentLogs(testbed: Testbed): void {
+  const dir = mkdtempSync('/var/tmp/lxcr-bench-failover-logs-');
+  for (let i = 1; i <= testbed.hosts.length; i++) {
+    if (existsSync(agentLogFile(testbed, i))) copyFileSync(agentLogFile(testbed, i), join(dir, `${testbed.host(i).hostId}.log`));
+  }
+  log(`agent logs kept in ${dir}`);
+}
+
 async function main(): Promise<void> {
   const testbed = await Testbed.start({ name: 'bench-failover', subnet: 50, hosts: 3, logger: createLogger('bench', 'warn') });
   let client: cassandra.Client | undefined;
@@ -191,6 +205,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await client?.shutdown();
+    keepAgentLogs(testbed);
     await testbed.teardown();
   }
   const summary: Record<string, number | boolean> = { memory_mib: MEMORY_MIB, standby: STANDBY };

@@ -67,6 +67,11 @@ export function agentStagingDir(testbed: Testbed, index: number): string {
   return join(hostDir(testbed, index), 'staging');
 }
 
+/** Where a host's agent logs (appended to by every start of it); it goes with the testbed's directory. */
+export function agentLogFile(testbed: Testbed, index: number): string {
+  return join(hostDir(testbed, index), 'agent.log');
+}
+
 export function agentPidFile(testbed: Testbed, index: number): string {
   return join(hostDir(testbed, index), 'agent.pid');
 }
@@ -81,7 +86,7 @@ export async function startAgent(testbed: Testbed, index: number, options: Agent
   const node = testbed.ring.node(index);
   const dir = hostDir(testbed, index);
   mkdirSync(dir, { recursive: true });
-  const logFile = join(dir, 'agent.log');
+  const logFile = agentLogFile(testbed, index);
   const args = options.configFile ? [LXCR, 'agent', '--config', writeAgentConfig(testbed, index, options), '--lxcpath', host.lxcpath] : [
     LXCR, 'agent', '--host-id', host.hostId, '--lxcpath', host.lxcpath, '--cassandra', host.address,
     '--jmx-port', String(node.jmxPort), '--contact-points', testbed.contactPoints.join(','), '--listen', `${host.address}:0`,
@@ -157,7 +162,7 @@ function tail(file: string, lines = 20): string {
 export function agentWarnings(testbed: Testbed, max = 40): string {
   const sections: string[] = [];
   for (let i = 1; i <= testbed.hosts.length; i++) {
-    const file = join(hostDir(testbed, i), 'agent.log');
+    const file = agentLogFile(testbed, i);
     if (!existsSync(file)) continue;
     const lines = readFileSync(file, 'utf8').split('\n').filter((l) => / (warn|error) /.test(l));
     sections.push(`--- ${testbed.host(i).hostId} agent (warn+) ---\n${lines.slice(-max).join('\n')}\n`);
