@@ -207,6 +207,31 @@ async function imageBytes(imagesDir: string): Promise<number> {
   return sizes.reduce((sum, size) => sum + size, 0);
 }
 
+/** A state LXC printed for a container, checked: any state this runtime does not know is an error, never guessed. */
+function knownState(name: string, state: string): ContainerState {
+  if (!isContainerState(state)) {
+    throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
+  }
+  return state;
+}
+
+/**
+ * `lxc-ls --fancy --fancy-format NAME,STATE`: a header line, then one `<name> <state>` line per container (no
+ * output at all for none). Container names never hold whitespace (validateContainerName).
+ */
+export function parseFancyStates(stdout: string): Map<string, ContainerState> {
+  const rows = stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[0] !== '');
+  if (rows[0]?.[0] === 'NAME' && rows[0]?.[1] === 'STATE') rows.shift();
+  const states = new Map<string, ContainerState>();
+  for (const [name, state, ...rest] of rows.sort((a, b) => (a[0]! < b[0]! ? -1 : 1))) {
+    if (name === undefined || state === undefined || rest.length > 0) {
+      throw new FailedPreconditionError(`lxc-ls printed "${[name, state, ...rest].join(' ')}", not a container name and a state`);
+    }
+    states.set(name, knownState(name, state));
+  }
+  return states;
+}
+
 interface DetachedRunResult {
   exitCode: number | null;
   signal: NodeJS.Signals | null;
@@ -220,26 +245,6 @@ interface DetachedRunResult {
  * while the container runs), and a signal to our process group would take the container down. On timeout
  * the whole process tree is killed: a half-done restore leaves CRIU tasks that would otherwise run on.
  */
-/**
- * `lxc-ls --fancy --fancy-format NAME,STATE`: a header line, then one `<name> <state>` line per container (no
- * output at all for none). Container names never hold whitespace (validateContainerName).
- */
-export function parseFancyStates(stdout: string): Map<string, ContainerState> {
-  const rows = stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields[0] !== '');
-  if (rows[0]?.[0] === 'NAME' && rows[0]?.[1] === 'STATE') rows.shift();
-  const states = new Map<string, ContainerState>();
-  for (const [name, state, ...rest] of rows.sort((a, b) => (a[0]! < b[0]! ? -1 : 1))) {
-    if (name === undefined || state === undefined || rest.length > 0) {
-      throw new FailedPreconditionError(`lxc-ls printed "${[name, state, ...rest].join(' ')}", not a container name and a state`);
-    }
-    if (!isContainerState(state)) {
-      throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
-    }
-    states.set(name, state);
-  }
-  return states;
-}
-
 async function runDetached(
   program: string,
   args: readonly string[],
@@ -357,11 +362,7 @@ export class LxcRuntime implements ContainerRuntime {
   async state(name: string): Promise<ContainerState> {
     await this.requireExisting(name);
     const { stdout } = await this.lxc('lxc-info', name, ['-s', '-H']);
-    const state = stdout.trim();
-    if (!isContainerState(state)) {
-      throw new FailedPreconditionError(`container ${name} is in state "${state}", which this runtime does not know`);
-    }
-    return state;
+    return knownState(name, stdout.trim());
   }
 
   async states(): Promise<Map<string, ContainerState>> {
