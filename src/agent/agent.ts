@@ -11,6 +11,7 @@ import { channelCredentials, serverCredentials, type TransportSecurity } from '.
 import { startAgentServer, type AgentServer } from '../api/agent-server.ts';
 import { AGENT_SERVICE_NAME } from '../api/proto.ts';
 import { DEFAULT_AUDIT_TTL_DAYS, EventLog, retentionSeconds } from '../cluster/events.ts';
+import { RefusedRequestAudit } from '../cluster/refused-requests.ts';
 import { GossipAwarePolicy } from '../cluster/gossip-aware-policy.ts';
 import { startGossipView, type GossipViewKind } from '../cluster/gossip-factory.ts';
 import { refreshOnHostDown, type GossipView } from '../cluster/gossip.ts';
@@ -86,8 +87,11 @@ export interface AgentConfig {
    * restore then reads the whole snapshot from Cassandra).
    */
   standby?: { dir: string; intervalMs?: number } | false;
-  /** The audit trail's retention: its rows expire after this many days (TTL); 0 keeps them forever. Default 90. */
-  audit?: { ttlDays: number };
+  /**
+   * The audit trail's retention: its rows expire after this many days (TTL); 0 keeps them forever. Default 90.
+   * And how many refused API requests a minute it records one by one (default 60; see RefusedRequestAudit).
+   */
+  audit?: { ttlDays: number; refusalsPerMinute?: number };
   /** Encryption at rest of chunk contents: the key file is read at start; the snapshot store applies it (encryption.ts). */
   encryption?: { keyFile: string };
   /**
@@ -125,6 +129,7 @@ export class Agent {
     private readonly events: EventLog,
     /** When this run registered: its deregistration is conditional on it. */
     private readonly startedAt: Date,
+    private readonly refusals: RefusedRequestAudit,
   ) {}
 
   static async start(config: AgentConfig, logger: Logger): Promise<Agent> {
@@ -211,10 +216,12 @@ export class Agent {
         replicasNotFound,
         transfers,
       });
+      const refusals = new RefusedRequestAudit({ events, hostId: config.hostId, observe: metrics.observe, perMinute: config.audit?.refusalsPerMinute });
+      cleanups.push(() => Promise.resolve(refusals.stop()));
       const server = await startAgentServer({
         address: config.grpc.listen, credentials: credentials.server, cluster, logger: log, clusterToken: token,
         onRefused: (method, asked, err) =>
-          void events.record({
+          refusals.refused(method, {
             kind: 'request-refused', host: config.hostId, container: typeof asked['container'] === 'string' ? asked['container'] : undefined,
             outcome: isRefusal(err) || (err instanceof LxcrError && (err.code === 'INVALID_ARGUMENT' || err.code === 'UNAUTHENTICATED')) ? 'refused' : 'failed',
             detail: `${method}: ${errorMessage(err)}`,
@@ -236,7 +243,7 @@ export class Agent {
         : undefined;
       standby?.start();
       log.info('agent started', { grpc: server.endpoint, metrics: metricsServer?.endpoint, cassandra: config.cassandra.address, lxcpath: config.lxcpath });
-      return new Agent(config, log, client, gossip, supervisor, server, metricsServer, coordinator, standby, [agentPeers, clusterPeers], registry, events, startedAt);
+      return new Agent(config, log, client, gossip, supervisor, server, metricsServer, coordinator, standby, [agentPeers, clusterPeers], registry, events, startedAt, refusals);
     } catch (err) {
       log.error('agent failed to start', { error: errorMessage(err) });
       await undo();
@@ -258,6 +265,7 @@ export class Agent {
     await this.standby?.stop();
     await this.supervisor.stop(this.config.shutdown?.drainMs, this.config.shutdown?.abortGraceMs);
     await this.server.stop();
+    this.refusals.stop(); // no request comes any more: what was only counted is summed up in the trail
     // The last events (a checkpoint committed or aborted while draining) go out before the session closes.
     await withTimeout(this.events.flush(), DEREGISTER_TIMEOUT_MS, 'writing the last audit events').catch(() => undefined);
     if (this.events.backlog > 0) this.log.warn('audit events not written before the stop are lost', { events: this.events.backlog });

@@ -32,7 +32,8 @@ export type EventKind =
   | 'handed-off'
   | 'migration-done'
   | 'migration-failed'
-  | 'agent-stopped';
+  | 'agent-stopped'
+  | 'requests-unrecorded';
 
 export interface ClusterEvent {
   kind: EventKind;

@@ -33,7 +33,7 @@ export function toAgentConfig(file: AgentFileConfig, gossipKind: GossipViewKind)
       : { class: 'SimpleStrategy', replicationFactor: keyspaces.snapshotReplicationFactor! },
     metaKeyspace: keyspaces.meta,
     metaReplication: { class: 'SimpleStrategy', replicationFactor: keyspaces.metaReplicationFactor },
-    audit: { ttlDays: file.audit.ttlDays },
+    audit: { ttlDays: file.audit.ttlDays, refusalsPerMinute: file.audit.refusalsPerMinute },
     metrics: file.metrics,
     encryption: file.encryption,
   };

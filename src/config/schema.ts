@@ -3,6 +3,7 @@ import { pemFileProblem } from '../api/tls.ts';
 import { validateHostId } from '../cluster/registry.ts';
 import { validateKeyspaceName } from '../storage/schema.ts';
 import { absolutePath, boolean, checked, integer, integerMap, listenAddress, problemOf, readableFile, text, textList, type FieldKind } from './fields.ts';
+import { DEFAULT_REFUSALS_PER_MINUTE } from '../cluster/refused-requests.ts';
 
 /**
  * The agent's per-host config file (/etc/lxcr/agent.json), declared once: every key with its kind, default,
@@ -35,7 +36,7 @@ export interface AgentFileConfig {
     meta: string;
     metaReplicationFactor: number;
   };
-  audit: { ttlDays: number };
+  audit: { ttlDays: number; refusalsPerMinute: number };
   /** The Prometheus endpoint: validated here, served by the metrics module (not in this module). */
   metrics?: { listen: string };
   /** Encryption at rest of chunk contents: validated here, applied by the storage layer (not in this module). */
@@ -107,6 +108,7 @@ export const CONFIG_KEYS: readonly ConfigKey[] = [
   { path: 'keyspaces.meta', kind: keyspace, default: 'lxcr_meta', flag: { name: 'meta-keyspace' }, doc: 'the registry keyspace (ownership, hosts, audit trail)' },
   { path: 'keyspaces.metaReplicationFactor', kind: replicationFactor, default: 3, flag: { name: 'meta-rf' }, doc: 'its replication factor' },
   { path: 'audit.ttlDays', kind: integer(0, 7300), default: 90, doc: 'days the audit trail\'s rows are kept (0: forever; Cassandra\'s TTL limit is 20 years)' },
+  { path: 'audit.refusalsPerMinute', kind: integer(1, 100000), default: DEFAULT_REFUSALS_PER_MINUTE, doc: 'refused or failed API requests audited one by one per minute; the rest of a minute\'s are counted in one requests-unrecorded row' },
   { path: 'metrics.listen', kind: listenAddress, required: true, flag: { name: 'metrics-listen' }, doc: 'the Prometheus endpoint, host:port (absent: no endpoint)' },
   { path: 'encryption.keyFile', kind: readableFile, required: true, doc: 'the key file for encryption at rest of chunk contents' },
 ];

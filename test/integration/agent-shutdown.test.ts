@@ -31,7 +31,11 @@ let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 let registry: ClusterRegistry;
 const agents: TestbedAgent[] = [];
-const agentOptions = { snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, env: { LXCR_AUDIT_TTL_DAYS: String(TTL_DAYS) } };
+/** Refused requests audited one by one per minute, set low to see the rest summed up (audit.refusalsPerMinute). */
+const REFUSALS_PER_MINUTE = 2;
+const agentOptions = {
+  snapshotKeyspace: SNAPSHOTS, metaKeyspace: META, env: { LXCR_AUDIT_TTL_DAYS: String(TTL_DAYS), LXCR_AUDIT_REFUSALS_PER_MINUTE: String(REFUSALS_PER_MINUTE) },
+};
 
 beforeAll(async () => {
   ({ client, store } = await connectStore(testbed, SNAPSHOTS));
@@ -87,6 +91,10 @@ describe('the agent on SIGTERM', () => {
     });
     const api = new ClusterClient(agent.grpcEndpoint, grpc.credentials.createInsecure());
     try {
+      // Refused requests beyond audit.refusalsPerMinute are counted, and summed up at the latest when the agent stops.
+      const refusedSince = new Date();
+      const REFUSED = 5;
+      for (let i = 0; i < REFUSED; i++) await expect(api.checkpoint('sd-no-such-container')).rejects.toMatchObject({ code: 'NOT_FOUND' });
       const checkpoint = api.checkpoint(CONTAINER);
       // SIGTERM while the checkpoint is under way: its dump or upload is staged.
       await until('the checkpoint to be staged', () => (readdirSync(agentStagingDir(testbed, 1)).length > 0 ? true : undefined), 60_000, 20);
@@ -105,6 +113,16 @@ describe('the agent on SIGTERM', () => {
       expect(host.stoppedAt!.getTime()).toBeGreaterThanOrEqual(signalledAt - 1000);
       const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(signalledAt - 1000), new Date());
       expect(events.filter((e) => e.kind === 'agent-stopped').map((e) => e.host)).toEqual(['host1']);
+      const trail = (await new EventLog(client, META, createLogger('test', 'error')).between(new Date(refusedSince.getTime() - 1000), new Date())).filter((e) => e.host === 'host1');
+      const oneByOne = trail.filter((e) => e.kind === 'request-refused' && /sd-no-such-container/.test(e.detail ?? ''));
+      const summaries = trail.filter((e) => e.kind === 'requests-unrecorded');
+      const summed = summaries.map((e) => Number(/Checkpoint ×(\d+)/.exec(e.detail ?? '')?.[1] ?? 0));
+      // Two a minute one by one (the five calls may straddle a minute), every other one counted in a summary.
+      expect(oneByOne.length).toBeGreaterThanOrEqual(REFUSALS_PER_MINUTE);
+      expect(oneByOne.length).toBeLessThanOrEqual(2 * REFUSALS_PER_MINUTE);
+      expect(summaries.length).toBeGreaterThanOrEqual(1);
+      expect(summaries.every((e) => e.outcome === 'refused' && /not recorded one by one \(at most 2 a minute are\)/.test(e.detail ?? ''))).toBe(true);
+      expect(oneByOne.length + summed.reduce((a, b) => a + b, 0)).toBe(REFUSED);
       process.stderr.write(`graceful stop during a checkpoint of a 64 MiB container: ${stopMs} ms from SIGTERM to exit\n`);
 
       // The container runs on, unsupervised; the other agents leave it alone (its node is still UN).

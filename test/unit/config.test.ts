@@ -50,7 +50,7 @@ describe('the agent config file', () => {
       schedule: {},
       keep: 2,
       keyspaces: { snapshots: 'lxcr_snapshots', snapshotReplicationFactor: 2, meta: 'lxcr_meta', metaReplicationFactor: 3 },
-      audit: { ttlDays: 90 },
+      audit: { ttlDays: 90, refusalsPerMinute: 60 },
     });
   });
 
@@ -121,7 +121,7 @@ describe('the agent config file', () => {
     expect(found).toHaveLength(3);
     expect(found[0]).toMatch(/^cassandra\.adress: unknown key \(did you mean cassandra\.address\?\); the keys of cassandra are address, contactPoints/);
     expect(found[1]).toMatch(/^kep: unknown key \(did you mean keep\?\); the keys at the top level are hostId, lxcpath/);
-    expect(found[2]).toMatch(/^audit\.ttl: unknown key; the keys of audit are ttlDays$/);
+    expect(found[2]).toMatch(/^audit\.ttl: unknown key; the keys of audit are ttlDays, refusalsPerMinute$/);
   });
 
   it('says where a file is not JSON, and that comments are not allowed', () => {

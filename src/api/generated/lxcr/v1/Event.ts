@@ -12,7 +12,7 @@ export interface Event {
    * What happened: checkpoint-committed, checkpoint-failed, gc-collected, host-down, host-up, restore-requested,
    * restore-claimed, restore-done, restore-failed, crash-recovered, crash-recovery-failed, replicas-not-found,
    * handed-off, migration-done, migration-failed, container-adopted, stale-copy-destroyed, agent-stopped,
-   * request-refused.
+   * request-refused, requests-unrecorded.
    */
   'kind'?: (string);
   /**
@@ -43,7 +43,7 @@ export interface Event__Output {
    * What happened: checkpoint-committed, checkpoint-failed, gc-collected, host-down, host-up, restore-requested,
    * restore-claimed, restore-done, restore-failed, crash-recovered, crash-recovery-failed, replicas-not-found,
    * handed-off, migration-done, migration-failed, container-adopted, stale-copy-destroyed, agent-stopped,
-   * request-refused.
+   * request-refused, requests-unrecorded.
    */
   'kind': (string);
   /**
