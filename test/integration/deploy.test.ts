@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import cassandra from 'cassandra-driver';
@@ -141,5 +141,21 @@ describe('deploy/ (Ansible)', () => {
 
     const second = await playbook(['-i', inventory, '-e', `@${extraVars}`, 'schema.yml', 'agents.yml']);
     expect(second.changed, second.output.slice(-4000)).toBe(0);
+
+    // Releases unpacked by earlier updates: the newest lxcr_keep_releases (3) stay, the one in use among them.
+    const releases = join(root, 'opt/lxcr/releases');
+    const current = readdirSync(releases);
+    expect(current).toHaveLength(1);
+    const old = ['lxcloud-cr-0.0.1', 'lxcloud-cr-0.0.2', 'lxcloud-cr-0.0.3'];
+    old.forEach((name, i) => {
+      mkdirSync(join(releases, name));
+      const when = new Date(Date.now() - (old.length - i) * 10 * 86_400_000); // 30, 20 and 10 days old
+      utimesSync(join(releases, name), when, when);
+    });
+    const pruning = await playbook(['-i', inventory, '-e', `@${extraVars}`, 'agents.yml']);
+    expect(pruning.changed, pruning.output.slice(-4000)).toBe(1);
+    expect(readdirSync(releases).sort()).toEqual([...current, 'lxcloud-cr-0.0.2', 'lxcloud-cr-0.0.3'].sort());
+    const third = await playbook(['-i', inventory, '-e', `@${extraVars}`, 'agents.yml']);
+    expect(third.changed, third.output.slice(-4000)).toBe(0);
   }, 600_000);
 });
