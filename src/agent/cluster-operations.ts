@@ -66,7 +66,7 @@ export class AgentClusterOperations implements ClusterOperations {
         .sort((a, b) => a.hostId.localeCompare(b.hostId))
         .map((h) => ({
           hostId: h.hostId, cassandraAddress: h.cassandraAddress, grpcEndpoint: h.grpcEndpoint, state: this.stateOf(h),
-          containers: load.get(h.hostId) ?? 0, startedAtMs: h.startedAt.getTime(),
+          containers: load.get(h.hostId) ?? 0, startedAtMs: h.startedAt.getTime(), agentState: h.agentState, stoppedAtMs: h.stoppedAt?.getTime() ?? 0,
         })),
     };
   }

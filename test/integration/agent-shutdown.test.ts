@@ -111,6 +111,16 @@ describe('the agent on SIGTERM', () => {
       const host = (await registry.hosts()).find((h) => h.hostId === 'host1')!;
       expect(host.agentState).toBe('stopped');
       expect(host.stoppedAt!.getTime()).toBeGreaterThanOrEqual(signalledAt - 1000);
+      // What an operator sees: lxcr status (ListHosts) from another agent shows it stopped, its node still UN.
+      const peer = new ClusterClient(agents[1]!.grpcEndpoint, grpc.credentials.createInsecure());
+      try {
+        const listed = (await peer.listHosts()).hosts.find((h) => h.hostId === 'host1');
+        expect(listed).toMatchObject({ agentState: 'stopped', state: 'UN' });
+        expect(listed!.stoppedAtMs).toBeGreaterThanOrEqual(signalledAt - 1000);
+        expect((await peer.listHosts()).hosts.filter((h) => h.hostId !== 'host1').map((h) => h.agentState)).toEqual(['serving', 'serving']);
+      } finally {
+        peer.close();
+      }
       const events = await new EventLog(client, META, createLogger('test', 'error')).between(new Date(signalledAt - 1000), new Date());
       expect(events.filter((e) => e.kind === 'agent-stopped').map((e) => e.host)).toEqual(['host1']);
       const trail = (await new EventLog(client, META, createLogger('test', 'error')).between(new Date(refusedSince.getTime() - 1000), new Date())).filter((e) => e.host === 'host1');

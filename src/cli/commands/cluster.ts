@@ -105,15 +105,18 @@ function requestCommand<F extends typeof CLIENT_FLAGS, T>(spec: {
 
 export const statusCommand = requestCommand({
   name: 'status',
-  summary: 'the cluster\'s hosts: UN/DN in the answering agent\'s gossip view, containers owned',
+  summary: 'the cluster\'s hosts: UN/DN in the answering agent\'s gossip view, containers owned, agents serving or stopped',
   usage: '',
   flags: CLIENT_FLAGS,
   takesContainer: false,
   call: (client) => client.listHosts(),
   render: (response) =>
     formatTable(
-      ['HOST', 'STATE', 'CONTAINERS', 'CASSANDRA', 'AGENT', 'UP SINCE'],
-      response.hosts.map((h) => [h.hostId, h.state, String(h.containers), h.cassandraAddress, h.grpcEndpoint, formatAge(h.startedAtMs)]),
+      ['HOST', 'STATE', 'CONTAINERS', 'CASSANDRA', 'AGENT', 'AGENT STATE', 'SINCE'],
+      response.hosts.map((h) => [
+        h.hostId, h.state, String(h.containers), h.cassandraAddress, h.grpcEndpoint, h.agentState,
+        formatAge(h.agentState === 'stopped' ? h.stoppedAtMs : h.startedAtMs),
+      ]),
     ) + `\n(as seen by ${response.answeredBy})`,
 });
 

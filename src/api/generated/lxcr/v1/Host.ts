@@ -29,6 +29,15 @@ export interface Host {
    * When its agent last started, Unix milliseconds.
    */
   'startedAtMs'?: (number | string | Long);
+  /**
+   * "serving", or "stopped": its agent left gracefully (SIGTERM); its containers run on, unsupervised, and
+   * nothing restores them while its Cassandra node is UN.
+   */
+  'agentState'?: (string);
+  /**
+   * When its agent stopped gracefully, Unix milliseconds; 0 while it serves.
+   */
+  'stoppedAtMs'?: (number | string | Long);
 }
 
 export interface Host__Output {
@@ -57,4 +66,13 @@ export interface Host__Output {
    * When its agent last started, Unix milliseconds.
    */
   'startedAtMs': (number);
+  /**
+   * "serving", or "stopped": its agent left gracefully (SIGTERM); its containers run on, unsupervised, and
+   * nothing restores them while its Cassandra node is UN.
+   */
+  'agentState': (string);
+  /**
+   * When its agent stopped gracefully, Unix milliseconds; 0 while it serves.
+   */
+  'stoppedAtMs': (number);
 }
