@@ -68,10 +68,14 @@ describe("the agent's actors on a real host", () => {
     const { stdout } = await run('lxc-info', ['-P', host.lxcpath, '-n', CONTAINER, '-p', '-H']);
     process.kill(Number(stdout.trim()), 'SIGKILL'); // the container's init dies: a crash nobody asked for
 
+    // Right after the kill LXC may still say RUNNING: what says the crash was seen and handled is the audit event.
+    const recoveries = await until('the crash recovery in the audit trail', () => {
+      const found = recorded.filter((e) => e.container === CONTAINER && e.kind.startsWith('crash-recover'));
+      return found.length > 0 ? found : undefined;
+    }, 60_000);
     await until('the container to be restored', async () => ((await runtime.state(CONTAINER).catch(() => undefined)) === 'RUNNING' && supervisor.states().get(CONTAINER) === 'RUNNING' ? true : undefined), 60_000);
     const after = await waitForCounterAbove(host, CONTAINER, before);
     expect(after).toBeGreaterThanOrEqual(before); // continued from a checkpoint, not from 1
-    const recoveries = recorded.filter((e) => e.container === CONTAINER && e.kind.startsWith('crash-recover'));
     expect(recoveries.map((e) => [e.kind, e.host, e.outcome])).toEqual([['crash-recovered', host.hostId, 'ok']]);
     expect(recoveries[0]!.version).toBeGreaterThanOrEqual(checkpointed.version);
     expect(recoveries[0]!.detail).toMatch(/stopped without being asked to; restored on this host: .*lxc-checkpoint -r \d+ ms/);
