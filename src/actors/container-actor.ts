@@ -1,6 +1,6 @@
 import { spawn, type Ref } from 'nact';
 import cron, { type ScheduledTask } from 'node-cron';
-import { discardStaged, dumpToStaging, restartFromStaged, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
+import { describeRestore, discardStaged, dumpToStaging, restartFromStaged, restoreFromStore, type CheckpointToStoreResult } from '../checkpoint/procedures.ts';
 import type { EventLog } from '../cluster/events.ts';
 import type { ContainerRuntime } from '../runtime/runtime.ts';
 import type { GcReport } from '../storage/gc.ts';
@@ -166,7 +166,7 @@ export function spawnContainerActor(parent: Ref<unknown>, container: string, dep
       log.warn('restored after a crash', { version: restored.manifest.version, restoreMs: Math.round(restored.restoreMs) });
       await deps.events?.record({
         kind: 'crash-recovered', host: deps.hostId, container, version: restored.manifest.version, durationMs: performance.now() - started, bytes: restored.bytes, outcome: 'ok',
-        detail: `stopped without being asked to; restored on this host: download ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+        detail: `stopped without being asked to; restored on this host: ${describeRestore(restored)}`,
       });
       return { version: restored.manifest.version, restoreMs: restored.restoreMs };
     } catch (err) {

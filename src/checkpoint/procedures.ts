@@ -226,6 +226,20 @@ export interface RestoreFromStoreResult extends FetchResult {
  * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
  * downloaded, or as it was written into the assembled standby copy taken instead.
  */
+/** Where a restore's time went and how it got its snapshot, for its audit event. */
+export function describeRestore(restored: RestoreFromStoreResult): string {
+  return `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`;
+}
+
+/** How a restore got its snapshot into staging. */
+function fetchedHow(fetched: FetchResult): string {
+  if (fetched.usedAssembledCopy) {
+    return `assembled standby copy moved into place (${fetched.bytes} bytes, nothing downloaded, ${Math.round(fetched.assembledCopyWaitedMs ?? 0)} ms waiting for its assembly)`;
+  }
+  const missed = fetched.assembledCopyMissed === undefined ? '' : `; assembled copy not used: ${fetched.assembledCopyMissed}`;
+  return `download (${fetched.bytes} bytes, ${fetched.fromCache} chunks from the standby copy${missed})`;
+}
+
 export async function restoreFromStore(options: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
   const { runtime, container } = options;
   const staging = join(options.stagingDir, `${container}.restore-${process.pid}-${Date.now()}`);

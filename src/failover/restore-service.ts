@@ -1,6 +1,6 @@
 import type { ValidRestoreRequest } from '../api/agent-server.ts';
 import type { RestoreResponse } from '../api/generated/lxcr/v1/RestoreResponse.ts';
-import { restoreFromStore, type FetchResult, type RestoreFromStoreOptions } from '../checkpoint/procedures.ts';
+import { describeRestore, restoreFromStore, type RestoreFromStoreOptions } from '../checkpoint/procedures.ts';
 import type { TransferTracker } from '../checkpoint/transfers.ts';
 import { committedManifest } from '../storage/snapshots.ts';
 import type { EventLog } from '../cluster/events.ts';
@@ -101,7 +101,7 @@ export class RestoreService {
       }
       await events.record({
         kind: 'restore-done', host: hostId, container, epoch, version: restored.manifest.version, durationMs: restoreMs, bytes: restored.bytes, outcome: 'ok',
-        detail: `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`,
+        detail: describeRestore(restored),
       });
       log.info('restored after a failover', {
         epoch, version: restored.manifest.version, totalMs: Math.round(restoreMs), downloadMs: Math.round(restored.downloadMs),
@@ -135,13 +135,4 @@ export class RestoreService {
     }
     await runtime.destroy(container);
   }
-}
-
-/** How a restore got its snapshot into staging, for its restore-done event. */
-function fetchedHow(fetched: FetchResult): string {
-  if (fetched.usedAssembledCopy) {
-    return `assembled standby copy moved into place (${fetched.bytes} bytes, nothing downloaded, ${Math.round(fetched.assembledCopyWaitedMs ?? 0)} ms waiting for its assembly)`;
-  }
-  const missed = fetched.assembledCopyMissed === undefined ? '' : `; assembled copy not used: ${fetched.assembledCopyMissed}`;
-  return `download (${fetched.bytes} bytes, ${fetched.fromCache} chunks from the standby copy${missed})`;
 }
