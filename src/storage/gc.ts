@@ -58,7 +58,8 @@ export interface GcReport {
 }
 
 export const DEFAULT_KEEP = 2;
-const DEFAULT_UPLOAD_GRACE_MS = 15 * 60 * 1000;
+/** Default of GcOptions.uploadGraceMs; uploads refuse to commit past half of it (see UploadOptions.commitDeadlineMs). */
+export const DEFAULT_UPLOAD_GRACE_MS = 15 * 60 * 1000;
 
 export async function collectGarbage(options: GcOptions): Promise<GcReport> {
   const { store, container } = options;

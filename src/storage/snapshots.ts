@@ -7,6 +7,7 @@ import { FailedPreconditionError, IntegrityError, InvalidArgumentError, LxcrErro
 import { PAGE_ALIGNMENT, hashedChunks, type ByteSource, type HashedChunk } from './chunker.ts';
 import { CompressionPolicy, CompressionTally, decodeChunk, encodeWithPolicy, type EncodedChunk } from './codec.ts';
 import { indexCodec, openChunk, parseIndexCodec, requireKey, EncryptionKeyError } from './encryption.ts';
+import { DEFAULT_UPLOAD_GRACE_MS } from './gc.ts';
 import { BusyClock, ChunkArena, mapOrdered, readAhead } from './pipeline.ts';
 import { decodeManifest, encodeManifest, snapshotSha256, type ChunkRef, type SnapshotFile, type VersionManifest } from './manifest.ts';
 import type { ChunkCacheReader } from './standby-cache.ts';
@@ -66,6 +67,13 @@ export interface UploadOptions {
   signal?: AbortSignal;
   /** Told of the raw bytes read and chunked so far, per chunk (the total is unknown: sources are streams). */
   onProgress?: TransferProgressListener;
+  /**
+   * The upload indexes its chunks and commits only if it began less than this long ago; default half of GC's upload
+   * grace. GC takes an uncommitted version older than its grace for abandoned and may delete its chunks, and the
+   * chunks it was about to reuse, so an upload stalled that long (its host paused or starved) must neither commit
+   * nor index them: the version would miss chunks. The other half leaves the commit time to land first.
+   */
+  commitDeadlineMs?: number;
 }
 
 export interface UploadResult {
@@ -186,6 +194,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const { store, container, policy } = options;
   const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
   if (!Number.isInteger(concurrency) || concurrency < 1) throw new InvalidArgumentError(`concurrency must be a positive integer, got ${concurrency}`);
+  const commitDeadlineMs = options.commitDeadlineMs ?? DEFAULT_UPLOAD_GRACE_MS / 2;
+  if (!(commitDeadlineMs > 0)) throw new InvalidArgumentError(`commitDeadlineMs must be positive, got ${commitDeadlineMs}`);
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
@@ -303,6 +313,17 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(cause)}`, { cause });
   }
 
+  const requireBeforeDeadline = () => {
+    const elapsedMs = Date.now() - started;
+    if (elapsedMs <= commitDeadlineMs) return;
+    throw new UploadFailedError(
+      `checkpoint of ${container} version ${version} was not committed: the upload took ${(elapsedMs / 1000).toFixed(1)} s, ` +
+        `past the ${(commitDeadlineMs / 1000).toFixed(1)} s within which an upload may commit (GC takes an upload older than ` +
+        `twice that for abandoned and may have collected its chunks). Earlier versions are untouched and GC collects this one; ` +
+        `if uploads of this container are this slow when nothing stalls, the store or network is too slow for its size`,
+    );
+  };
+  requireBeforeDeadline();
   // Every chunk's data is durable now: only then may later uploads reuse them.
   await store.indexChunks(container, uploaded);
   const committedAt = Date.now();
@@ -324,6 +345,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   };
   await options.beforeCommit?.();
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(options.signal.reason)}`);
+  requireBeforeDeadline();
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
   return { version, manifest, logicalBytes, uploadedBytes, uploadedChunks: uploaded.length, reusedChunks };

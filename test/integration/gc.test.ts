@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
@@ -91,6 +92,41 @@ describe('GC-CR', () => {
     expect(later.deletedChunks).toBe(written);
     expect(await store.versions(container)).toEqual([]);
     expect(await orphanChunks()).toBe(0);
+  });
+
+  it('an upload stalled past its commit deadline neither indexes nor commits, and GC collects it; the committed version stays', async () => {
+    const container = 'gc-stalled';
+    const policy = new CompressionPolicy();
+    const kept = pseudoRandom(3 * MiB, 60);
+    const first = await uploadSnapshot({ store, container, sourceHost: 'host1', policy, sources: [{ path: 'm.img', mode: 0o600, open: () => [kept] }] });
+    const indexBefore = [...(await store.chunkIndex(container)).keys()].sort();
+    // A host paused mid-upload: the chunks before the pause are written, the rest after it.
+    async function* stalling() {
+      yield pseudoRandom(3 * MiB, 61);
+      await sleep(800);
+      yield pseudoRandom(3 * MiB, 62);
+    }
+    await expect(
+      uploadSnapshot({ store, container, sourceHost: 'host1', policy, commitDeadlineMs: 400, sources: [{ path: 'm.img', mode: 0o600, open: stalling }] }),
+    ).rejects.toThrow(new RegExp(`${container} version ${first.version + 1} was not committed: the upload took [\\d.]+ s, past the 0\\.4 s`));
+
+    expect((await store.latestCommitted(container))?.version).toBe(first.version);
+    // Nothing of it was indexed: no later upload can reuse a chunk GC may already have collected.
+    expect([...(await store.chunkIndex(container)).keys()].sort()).toEqual(indexBefore);
+    const [stalled] = await store.versions(container);
+    expect(stalled).toMatchObject({ version: first.version + 1, state: 'uploading' });
+    const inItsBuckets = async () =>
+      (await Promise.all(stalled!.uploadBuckets.map((bucket) => store.bucketChunks(container, bucket)))).flat().filter((c) => !indexBefore.includes(c.hash)).length;
+    const written = await inItsBuckets();
+    expect(written).toBeGreaterThanOrEqual(2); // 6 MiB, chunks of at most 4 MiB
+
+    const report = await collectGarbage({ store, container, now: new Date(Date.now() + 16 * 60 * 1000) });
+    expect(report.deletedVersions).toEqual([first.version + 1]);
+    expect(report.deletedChunks).toBe(written);
+    expect(await inItsBuckets()).toBe(0);
+    expect((await store.versions(container)).map((v) => v.version)).toEqual([first.version]);
+    await downloadSnapshot({ store, container, version: first.version, targetDir: join(scratch, 'stalled-kept') });
+    expect(sha(readFileSync(join(scratch, 'stalled-kept', 'm.img')))).toBe(sha(kept));
   });
 
   it("keeps an abandoned upload's row while chunk deletion is deferred, and never touches chunks a later version stored", async () => {

@@ -186,6 +186,16 @@ describe('uploadSnapshot', () => {
     expect(store.events.filter((e) => e.op === 'put-start').length).toBeLessThan(16);
   });
 
+  it('refuses a commit deadline that is not positive, before anything is written', async () => {
+    const store = new MemoryStore();
+    for (const commitDeadlineMs of [0, -1, Number.NaN]) {
+      await expect(
+        uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), commitDeadlineMs, sources: [source('a', pseudoRandom(KiB))] }),
+      ).rejects.toThrow(/commitDeadlineMs must be positive/);
+    }
+    expect(store.events).toEqual([]);
+  });
+
   it('passes a source error on, with no put left running and nothing committed', async () => {
     const store = new MemoryStore();
     store.putDelayMs = 10;
