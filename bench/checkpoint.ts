@@ -221,9 +221,8 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
     freezeMs.push((await ours()).dumpMs);
   }
 
-
   // The raw restore: the container killed and restored from one more raw dump's images on the same host. That
-  // dump follows the bare loop's gigabyte, not one of our checkpoints: it is not a freeze-time sample.
+  // dump is paired with none of ours: it is not a freeze-time sample.
   await runtime.checkpoint(name, rawDir, { stop: false });
   await runtime.stop(name, { kill: true });
   const rawRestore = await runtime.restore(name, rawDir);

@@ -221,11 +221,6 @@ export interface RestoreFromStoreResult extends FetchResult {
   restoreMs: number;
 }
 
-/**
- * Restores a container that is not defined on this host (it crashed and was destroyed, or it lived on a host
- * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
- * downloaded, or as it was written into the assembled standby copy taken instead.
- */
 /** Where a restore's time went and how it got its snapshot, for its audit event. */
 export function describeRestore(restored: RestoreFromStoreResult): string {
   return `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`;
@@ -240,6 +235,11 @@ function fetchedHow(fetched: FetchResult): string {
   return `download (${fetched.bytes} bytes, ${fetched.fromCache} chunks from the standby copy${missed})`;
 }
 
+/**
+ * Restores a container that is not defined on this host (it crashed and was destroyed, or it lived on a host
+ * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
+ * downloaded, or as it was written into the assembled standby copy taken instead.
+ */
 export async function restoreFromStore(options: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
   const { runtime, container } = options;
   const staging = join(options.stagingDir, `${container}.restore-${process.pid}-${Date.now()}`);

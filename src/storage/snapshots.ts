@@ -199,6 +199,8 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} was not started: ${errorMessage(options.signal.reason)}`);
   const started = Date.now();
   const version = await store.beginVersion(container, options.sourceHost);
+  const notCommitted = (reason: string, cause?: unknown) =>
+    new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${reason}`, cause === undefined ? undefined : { cause });
   options.onProgress?.({ version, bytesDone: 0 });
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   requireReusableChunks(container, version, stored.values(), store.cipher?.keyId);
@@ -310,17 +312,17 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   }
   if (failure) {
     const cause = failure.error;
-    throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(cause)}`, { cause });
+    throw notCommitted(errorMessage(cause), cause);
   }
 
   const requireBeforeDeadline = () => {
     const elapsedMs = Date.now() - started;
     if (elapsedMs <= commitDeadlineMs) return;
-    throw new UploadFailedError(
-      `checkpoint of ${container} version ${version} was not committed: the upload took ${(elapsedMs / 1000).toFixed(1)} s, ` +
-        `past the ${(commitDeadlineMs / 1000).toFixed(1)} s within which an upload may commit (GC takes an upload older than ` +
-        `twice that for abandoned and may have collected its chunks). Earlier versions are untouched and GC collects this one; ` +
-        `if uploads of this container are this slow when nothing stalls, the store or network is too slow for its size`,
+    throw notCommitted(
+      `the upload took ${(elapsedMs / 1000).toFixed(1)} s, past the ${(commitDeadlineMs / 1000).toFixed(1)} s within which an ` +
+        `upload may commit (GC takes an uncommitted version older than ${DEFAULT_UPLOAD_GRACE_MS / 60_000} min for abandoned and may ` +
+        `have collected its chunks). Earlier versions are untouched and GC collects this one; if uploads of this container ` +
+        `are this slow when nothing stalls, the store or network is too slow for its size`,
     );
   };
   requireBeforeDeadline();
@@ -344,7 +346,7 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     },
   };
   await options.beforeCommit?.();
-  if (options.signal?.aborted) throw new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${errorMessage(options.signal.reason)}`);
+  if (options.signal?.aborted) throw notCommitted(errorMessage(options.signal.reason));
   requireBeforeDeadline();
   await store.commitVersion(container, version, encodeManifest(manifest));
   const logicalBytes = files.reduce((sum, f) => sum + f.size, 0);
