@@ -8,6 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { errorMessage, TestbedError } from '../src/util/errors.ts';
 import { run } from '../src/util/exec.ts';
 import { createLogger } from '../src/util/log.ts';
+import { processTree, readProcStat } from '../src/util/proc.ts';
 import { LxcRuntime, relocateLxcConfig, validateContainerName, type LxcRuntimeOptions } from '../src/runtime/lxc.ts';
 
 const log = createLogger('testbed.lxc');
@@ -21,6 +22,8 @@ export interface LxcHost {
 export interface CounterContainerOptions {
   /** Also hold this many MiB in a process's anonymous memory (see {@link MEMORY_SCRIPT}). */
   memoryMiB?: number;
+  /** Also run a process holding {@link HELD_FILE} open (see {@link HOLDER_SCRIPT}). */
+  holdOpenFile?: boolean;
 }
 
 /** Where the workload reports, inside the container's rootfs. It only ever writes these files. */
@@ -30,6 +33,9 @@ const MEMORY_GENERATION_FILE = `${REPORT_DIR}/memory-generation`;
 const MEMORY_REQUEST_FILE = `${REPORT_DIR}/memory-request`;
 const COUNTER_PROGRAM = 'bin/lxcr-counter';
 const MEMORY_PROGRAM = 'bin/lxcr-memory';
+const HOLDER_PROGRAM = 'bin/lxcr-holder';
+/** The file the holder keeps open, inside the rootfs. */
+export const HELD_FILE = `${REPORT_DIR}/held`;
 
 /**
  * Counts in a shell variable about every 150 ms and reports each value by write-then-rename (a reader never
@@ -84,13 +90,24 @@ BEGIN {
 `;
 
 /**
+ * Keeps HELD_FILE open read-write (not appending: CRIU then checks its size on restore), as a database holds its
+ * data file: the shell opens it on fd 3, writes a line, and becomes a sleep that inherits the descriptor.
+ */
+const HOLDER_SCRIPT = `#!/bin/sh
+exec 3<>/${HELD_FILE}
+echo "opened by $$" >&3
+exec sleep 2147483647
+`;
+
+/**
  * The workload starts from the container's own init: processes put in by lxc-attach inherit host file
  * descriptors and cannot be dumped. No sysinit (the template's rcS starts syslogd and udhcpc, pointless
  * without a network) and no getty/askfirst (a console or tty cannot be checkpointed here).
  */
-function inittab(memoryMiB: number | undefined): string {
+function inittab({ memoryMiB, holdOpenFile }: CounterContainerOptions): string {
   const memory = memoryMiB === undefined ? '' : `::once:/${MEMORY_PROGRAM} ${memoryMiB}\n`;
-  return `::once:/${COUNTER_PROGRAM}\n${memory}`;
+  const holder = holdOpenFile ? `::once:/${HOLDER_PROGRAM}\n` : '';
+  return `::once:/${COUNTER_PROGRAM}\n${memory}${holder}`;
 }
 
 /** Template lines replaced by {@link CHECKPOINTABLE_CONFIG}. */
@@ -152,7 +169,8 @@ export async function createCounterContainer(
   await mkdir(join(rootfs, REPORT_DIR), { recursive: true });
   await writeFile(join(rootfs, COUNTER_PROGRAM), COUNTER_SCRIPT, { mode: 0o755 });
   if (memoryMiB !== undefined) await writeFile(join(rootfs, MEMORY_PROGRAM), MEMORY_SCRIPT, { mode: 0o755 });
-  await writeFile(join(rootfs, 'etc/inittab'), inittab(memoryMiB));
+  if (options.holdOpenFile) await writeFile(join(rootfs, HOLDER_PROGRAM), HOLDER_SCRIPT, { mode: 0o755 });
+  await writeFile(join(rootfs, 'etc/inittab'), inittab(options));
 }
 
 /** Creates a counter container, starts it and waits until it runs and reports. */
@@ -225,6 +243,24 @@ export async function waitRunning(host: LxcHost, name: string, timeoutMs = 30_00
     if ((await runtime.state(name)) !== 'RUNNING') return undefined;
     if (holdsMemory && (await readReport(host, name, MEMORY_GENERATION_FILE)) === undefined) return undefined;
     return readReport(host, name, COUNTER_FILE);
+  });
+}
+
+/**
+ * Crashes a running container: SIGKILL to its init (the kernel then kills the rest of its PID namespace). Resolves
+ * once LXC says STOPPED and all of its processes have left the process table, so that a restore on this machine
+ * cannot trip over them.
+ */
+export async function crashContainer(host: LxcHost, name: string, timeoutMs = 30_000): Promise<void> {
+  const runtime = runtimeFor(host);
+  const { stdout } = await run('lxc-info', ['-P', host.lxcpath, '-n', validateContainerName(name), '-p', '-H']);
+  const tree = await processTree(Number(stdout.trim()));
+  if (tree.length === 0) throw new TestbedError(`${name} on ${host.hostId} has no init process to kill`);
+  process.kill(tree[0]!.pid, 'SIGKILL');
+  await poll(`${name} on ${host.hostId} to stop and its processes to be gone`, timeoutMs, async () => {
+    if ((await runtime.state(name)) !== 'STOPPED') return undefined;
+    const present = await Promise.all(tree.map(async (p) => (await readProcStat(p.pid))?.startTime === p.startTime));
+    return present.includes(true) ? undefined : true;
   });
 }
 

@@ -22,8 +22,9 @@ import {
 } from '../util/errors.ts';
 import { run, type RunOptions } from '../util/exec.ts';
 import { createLogger, type Logger } from '../util/log.ts';
-import { readProcStat, type ProcStat } from '../util/proc.ts';
+import { processTree, readProcStat } from '../util/proc.ts';
 import { checkCriu, findOnPath, readCriuLogErrors, resolveCriuPath } from './criu.ts';
+import { captureEnvironment, DEFAULT_OPEN_FILES_MAX_BYTES, postDumpActionScript, putBackOpenFiles, readCaptureReport } from './open-files.ts';
 import {
   CONTAINER_DIR_PLACEHOLDER,
   isContainerState,
@@ -70,6 +71,12 @@ export function relocateLxcConfig(configText: string, fromDir: string, toDir: st
 const CRIU_CONFIG =
   '# Written by LXCloud-CR; lxc-checkpoint passes it to CRIU via CRIU_CONFIG_FILE.\nnetwork-lock nftables\n';
 
+/** What lxc-checkpoint runs with: PATH finding our criu, and CRIU's config without and with the open-file capture. */
+interface CriuEnvironment {
+  plain: NodeJS.ProcessEnv;
+  capturing: NodeJS.ProcessEnv;
+}
+
 export interface LxcRuntimeOptions {
   /** The directory holding this host's containers (`lxc-* -P`). Relative paths are resolved. */
   lxcpath: string;
@@ -86,6 +93,11 @@ export interface LxcRuntimeOptions {
    * leave the process table, ms. Default 15 s.
    */
   oldProcessesTimeoutMs?: number;
+  /**
+   * Most bytes of open files a dump that leaves the container running copies during the freeze (see
+   * CheckpointOptions.captureOpenFiles); files beyond it are left to the rootfs archive, with a warning. Default 64 MiB.
+   */
+  openFilesMaxBytes?: number;
   logger?: Logger;
 }
 
@@ -104,6 +116,12 @@ function compileOptions(options: LxcRuntimeOptions): CompiledOptions {
     }
     return value;
   };
+  const nonNegativeInteger = (value: unknown): number => {
+    if (!Number.isSafeInteger(value) || (value as number) < 0) {
+      throw new InvalidArgumentError('openFilesMaxBytes: must be a whole number of bytes, 0 or more');
+    }
+    return value as number;
+  };
   return {
     // LXC names a container's command socket after the lxcpath string it was started with: a relative path
     // makes a running container look STOPPED to any caller that spells the path differently.
@@ -113,6 +131,7 @@ function compileOptions(options: LxcRuntimeOptions): CompiledOptions {
     commandTimeoutMs: positive('commandTimeoutMs', 60_000),
     checkpointTimeoutMs: positive('checkpointTimeoutMs', 300_000),
     oldProcessesTimeoutMs: positive('oldProcessesTimeoutMs', 15_000),
+    openFilesMaxBytes: nonNegativeInteger(options.openFilesMaxBytes ?? DEFAULT_OPEN_FILES_MAX_BYTES),
     logger: options.logger ?? createLogger('runtime.lxc'),
   };
 }
@@ -126,17 +145,6 @@ interface ProcessIdentity {
 /** Whether the process is still in the process table, as a zombie or alive. */
 async function isStillPresent(identity: ProcessIdentity): Promise<boolean> {
   return (await readProcStat(identity.pid))?.startTime === identity.startTime;
-}
-
-/** The process `rootPid` and all its descendants. */
-async function processTree(rootPid: number): Promise<ProcStat[]> {
-  const pids = (await readdir('/proc')).filter((entry) => /^\d+$/.test(entry)).map(Number);
-  const stats = (await Promise.all(pids.map(readProcStat))).filter((s): s is ProcStat => s !== undefined);
-  const tree = stats.filter((s) => s.pid === rootPid);
-  for (let i = 0; i < tree.length; i++) {
-    tree.push(...stats.filter((s) => s.parentPid === tree[i]?.pid));
-  }
-  return tree;
 }
 
 /** SIGKILLs a process and all its descendants (a process group is not enough: CRIU's tasks leave it). */
@@ -323,7 +331,7 @@ export class LxcRuntime implements ContainerRuntime {
   private readonly log: Logger;
   /** Files lxc-checkpoint needs, beside the containers: CRIU's config and a PATH entry for our criu. */
   private readonly runtimeDir: string;
-  private criuEnvironment: Promise<NodeJS.ProcessEnv> | undefined;
+  private criuEnvironment: Promise<CriuEnvironment> | undefined;
 
   constructor(options: LxcRuntimeOptions) {
     this.options = compileOptions(options);
@@ -392,12 +400,14 @@ export class LxcRuntime implements ContainerRuntime {
   async checkpoint(name: string, imagesDir: string, options: CheckpointOptions): Promise<CheckpointResult> {
     const dir = resolve(imagesDir);
     await this.requireState(name, 'RUNNING', 'checkpoint');
-    const env = await this.prepareCriu();
+    const criu = await this.prepareCriu();
     await mkdir(dir, { recursive: true });
     if ((await readdir(dir)).length > 0) {
       throw new FailedPreconditionError(`images directory ${dir} is not empty; a checkpoint needs an empty one`);
     }
     const oldProcesses = options.stop ? await this.containerProcesses(name) : [];
+    const capture = !options.stop && (options.captureOpenFiles ?? true);
+    const env = capture ? { ...criu.capturing, ...captureEnvironment(dir, this.options.openFilesMaxBytes) } : criu.plain;
 
     const started = performance.now();
     try {
@@ -411,11 +421,19 @@ export class LxcRuntime implements ContainerRuntime {
       });
     }
     const dumpMs = performance.now() - started;
+    const openFiles = capture ? await readCaptureReport(name, dir) : undefined;
+    if (openFiles && openFiles.skipped.length > 0) {
+      this.log.warn('open files too large to copy during the freeze; the snapshot relies on the rootfs archive for them', {
+        name,
+        openFilesMaxBytes: this.options.openFilesMaxBytes,
+        skipped: openFiles.skipped,
+      });
+    }
     if (options.stop) {
       const record: DumpedProcesses = { bootId: await machineBootId(), processes: oldProcesses };
       await writeFile(join(dir, DUMPED_PROCESSES_FILE), JSON.stringify(record));
     }
-    const result = { imagesDir: dir, dumpMs, imageBytes: await imageBytes(dir) };
+    const result = { imagesDir: dir, dumpMs, imageBytes: await imageBytes(dir), capturedOpenFiles: openFiles?.captured.length ?? 0 };
     this.log.info('checkpointed container', { name, stop: options.stop, ...result });
     return result;
   }
@@ -428,7 +446,8 @@ export class LxcRuntime implements ContainerRuntime {
     } catch (err) {
       throw new NotFoundError(`no checkpoint images in ${dir} (inventory.img missing)`, { cause: err });
     }
-    const env = await this.prepareCriu();
+    const env = (await this.prepareCriu()).plain;
+    const openFilesPutBack = await putBackOpenFiles(name, dir, await this.rootfsPath(name));
     const waitedForOldProcessesMs = await this.waitForDumpedProcesses(name, dir);
 
     const argv = ['-P', this.lxcpath, '-n', name, '-D', dir, '-r', ...this.verboseFlag()];
@@ -454,7 +473,7 @@ export class LxcRuntime implements ContainerRuntime {
       const output = lastLines(result.output, 5);
       throw await failure(new Error(`lxc-checkpoint succeeded but the container is ${state}: ${output}`));
     }
-    this.log.info('restored container', { name, imagesDir: dir, restoreMs, waitedForOldProcessesMs });
+    this.log.info('restored container', { name, imagesDir: dir, restoreMs, waitedForOldProcessesMs, openFilesPutBack });
     return { restoreMs, waitedForOldProcessesMs };
   }
 
@@ -525,7 +544,7 @@ export class LxcRuntime implements ContainerRuntime {
    * needs. LXC 5.0 finds criu only by looking up `criu` on PATH (no config key), so a directory holding a
    * `criu` link to our binary goes first on PATH; CRIU reads its extra options from CRIU_CONFIG_FILE.
    */
-  private prepareCriu(): Promise<NodeJS.ProcessEnv> {
+  private prepareCriu(): Promise<CriuEnvironment> {
     this.criuEnvironment ??= this.writeCriuEnvironment().catch((err: unknown) => {
       this.criuEnvironment = undefined;
       throw err;
@@ -533,17 +552,22 @@ export class LxcRuntime implements ContainerRuntime {
     return this.criuEnvironment;
   }
 
-  private async writeCriuEnvironment(): Promise<NodeJS.ProcessEnv> {
+  private async writeCriuEnvironment(): Promise<CriuEnvironment> {
     if (!findOnPath('lxc-checkpoint')) throw new ToolMissingError('lxc-checkpoint', LXC_HINT);
     const criuPath = this.options.criuPath ?? resolveCriuPath();
     const problem = await checkCriu(criuPath);
     if (problem) throw problem;
     const binDir = join(this.runtimeDir, 'bin');
     const configFile = join(this.runtimeDir, 'criu.conf');
+    const capturingConfigFile = join(this.runtimeDir, 'criu-capturing.conf');
+    const actionScript = join(this.runtimeDir, 'post-dump.sh');
     await mkdir(binDir, { recursive: true });
     await replaceAtomically(join(binDir, 'criu'), (temporary) => symlink(criuPath, temporary));
+    await replaceAtomically(actionScript, (temporary) => writeFile(temporary, postDumpActionScript(), { mode: 0o755 }));
     await replaceAtomically(configFile, (temporary) => writeFile(temporary, CRIU_CONFIG));
-    return { PATH: `${binDir}${delimiter}${process.env.PATH ?? ''}`, CRIU_CONFIG_FILE: configFile };
+    await replaceAtomically(capturingConfigFile, (temporary) => writeFile(temporary, `${CRIU_CONFIG}action-script ${actionScript}\n`));
+    const PATH = `${binDir}${delimiter}${process.env.PATH ?? ''}`;
+    return { plain: { PATH, CRIU_CONFIG_FILE: configFile }, capturing: { PATH, CRIU_CONFIG_FILE: capturingConfigFile } };
   }
 
   /** The container's monitor, its init and init's descendants, as the host sees them. */

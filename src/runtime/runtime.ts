@@ -34,6 +34,12 @@ export interface CheckpointOptions {
    * false: it keeps running after a short freeze (a periodic snapshot).
    */
   stop: boolean;
+  /**
+   * For a dump that leaves the container running: also copy, while it is still frozen, the files its processes
+   * hold open, so that changes to them before the rootfs is archived cannot make the snapshot unrestorable.
+   * Default true; false only to measure a plain lxc-checkpoint dump. A stopping dump needs no copy.
+   */
+  captureOpenFiles?: boolean;
 }
 
 export interface CheckpointResult {
@@ -41,8 +47,10 @@ export interface CheckpointResult {
   imagesDir: string;
   /** Wall time of the dump itself: from freezing the container to all images written, in ms. */
   dumpMs: number;
-  /** Total size of the files CRIU wrote, logs excluded, in bytes. */
+  /** Total size of the files of the dump (CRIU's images and the captured open files), logs excluded, in bytes. */
   imageBytes: number;
+  /** The open files copied during the freeze (see {@link CheckpointOptions.captureOpenFiles}); 0 when none were. */
+  capturedOpenFiles: number;
 }
 
 export interface RestoreResult {

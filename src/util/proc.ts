@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 
 /** What this project reads of /proc/PID/stat. */
 export interface ProcStat {
@@ -33,4 +33,15 @@ export function readProcStatSync(pid: number): ProcStat | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The process `rootPid` and all its descendants, root first; empty when it is gone. */
+export async function processTree(rootPid: number): Promise<ProcStat[]> {
+  const pids = (await readdir('/proc')).filter((entry) => /^\d+$/.test(entry)).map(Number);
+  const stats = (await Promise.all(pids.map(readProcStat))).filter((s): s is ProcStat => s !== undefined);
+  const tree = stats.filter((s) => s.pid === rootPid);
+  for (let i = 0; i < tree.length; i++) {
+    tree.push(...stats.filter((s) => s.parentPid === tree[i]?.pid));
+  }
+  return tree;
 }

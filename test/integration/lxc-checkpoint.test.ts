@@ -2,7 +2,7 @@
  * Checkpoint/restore of a real LXC container through the LXC driver, on two simulated hosts (two lxcpaths on
  * this machine). Needs root, lxc, busybox-static and a working criu (scripts/setup-criu.sh).
  */
-import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorMessage, FailedPreconditionError, InvalidArgumentError, RestoreError } from '../../src/util/errors.ts';
@@ -11,10 +11,12 @@ import type { LxcRuntime } from '../../src/runtime/lxc.ts';
 import {
   cleanupLxcHosts,
   copyContainer,
+  crashContainer,
   createCounterContainer,
   createLxcHost,
   destroyHost,
   dirtyMemory,
+  HELD_FILE,
   readCounter,
   runningLxcMonitors,
   runtimeFor,
@@ -28,6 +30,7 @@ const TESTBED_ROOT = '/var/tmp/lxcr-testbed-lxc-test';
 const COUNTER = 'counter';
 const MEMORY = 'memory64';
 const MEMORY_MIB = 64;
+const HOLDER = 'holder';
 
 describe('LXC checkpoint/restore', () => {
   let runDir: string;
@@ -153,5 +156,38 @@ describe('LXC checkpoint/restore', () => {
     await runtime1.restore(MEMORY, dump.imagesDir);
     expect(await waitForCounterAbove(host1, MEMORY, atDump)).toBeGreaterThan(atDump);
     await dirtyMemory(host1, MEMORY, 16);
+  }, 120_000);
+  it('restores a running dump whose open file was renamed away before the rootfs was read, from the copy taken in the freeze', async () => {
+    await createCounterContainer(host1, HOLDER, { holdOpenFile: true });
+    const held = join(await runtime1.rootfsPath(HOLDER), HELD_FILE);
+    const dumpWhileHeld = async (images: string, captureOpenFiles: boolean) => {
+      await rm(held, { force: true });
+      await startContainer(host1, HOLDER);
+      await waitRunning(host1, HOLDER);
+      await waitForCounterAbove(host1, HOLDER, 3); // the holder, started alongside, has written its line by now
+      const atStart = await readFile(held, 'utf8');
+      expect(atStart).toMatch(/^opened by \d+\n$/);
+      const dump = await runtime1.checkpoint(HOLDER, join(imagesRoot, images), { stop: false, captureOpenFiles });
+      // What a write-then-rename does between the dump and the rootfs archive (CI once caught counter.tmp so).
+      await rename(held, `${held}.moved`);
+      await crashContainer(host1, HOLDER);
+      return { dump, atStart };
+    };
+
+    // Without the copy, CRIU finds the file gone: the snapshot would be committed and never restore.
+    const plain = await dumpWhileHeld('holder-plain', false);
+    expect(plain.dump.capturedOpenFiles).toBe(0);
+    const failure = runtime1.restore(HOLDER, plain.dump.imagesDir);
+    await expect(failure).rejects.toBeInstanceOf(RestoreError);
+    await expect(failure).rejects.toThrow(/Can't open file var\/lxcr\/held/);
+
+    const { dump, atStart } = await dumpWhileHeld('holder', true);
+    expect(dump.capturedOpenFiles).toBeGreaterThanOrEqual(1);
+    await runtime1.restore(HOLDER, dump.imagesDir);
+    expect(await runtime1.state(HOLDER)).toBe('RUNNING');
+    // The holder was restored, not started again (which would write a new line): the file is the one of the dump.
+    expect(await readFile(held, 'utf8')).toBe(atStart);
+    expect(await waitForCounterAbove(host1, HOLDER, await readCounter(host1, HOLDER))).toBeGreaterThan(0);
+    await runtime1.stop(HOLDER, { kill: true });
   }, 120_000);
 });
