@@ -1,12 +1,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkpointToStore, restoreFromStore } from '../../src/checkpoint/procedures.ts';
+import { checkpointToStore, discardStaged, dumpToStaging, replicateStaged, restoreFromStore } from '../../src/checkpoint/procedures.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { bucketRoutingKey } from '../../src/storage/placement.ts';
 import { AlreadyExistsError } from '../../src/util/errors.ts';
-import { createCounterContainer, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
+import { crashContainer, createCounterContainer, HELD_FILE, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 
 const testbed = sharedTestbed();
@@ -14,6 +16,7 @@ const host = testbed.host(1);
 const runtime = runtimeFor(host);
 const CONTAINER = 'cr-counter';
 const IDLE = 'cr-idle';
+const HOLDER = 'cr-holder';
 const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -27,7 +30,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const name of [CONTAINER, IDLE]) await removeContainer(runtime, name);
+  for (const name of [CONTAINER, IDLE, HOLDER]) await removeContainer(runtime, name);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });
@@ -64,6 +67,33 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     // The rootfs and most images are unchanged: most chunks are reused.
     expect(second.reusedChunks).toBeGreaterThan(0);
     expect(second.uploadedBytes).toBeLessThan(0.5 * second.logicalBytes);
+  });
+
+  it('restores, after a crash, a snapshot whose open file was renamed away before its rootfs was archived', async () => {
+    await createCounterContainer(host, HOLDER, { holdOpenFile: true });
+    await startContainer(host, HOLDER);
+    await waitRunning(host, HOLDER);
+    await waitForCounterAbove(host, HOLDER, 3);
+    const held = join(await runtime.rootfsPath(HOLDER), HELD_FILE);
+    const atDump = await readFile(held, 'utf8');
+    // The agent's two steps, with a write-then-rename landing between the dump and the rootfs archive.
+    const staged = await dumpToStaging({ runtime, container: HOLDER, stagingDir: staging });
+    const committed = await (async () => {
+      try {
+        await rename(held, `${held}.moved`);
+        return await replicateStaged(staged, { store, policy, sourceHost: host.hostId });
+      } finally {
+        await discardStaged(staged);
+      }
+    })();
+    expect(committed.manifest.files.map((f) => f.path)).toContain('images/lxcr-open-files.json');
+
+    await crashContainer(host, HOLDER);
+    await runtime.destroy(HOLDER); // restored from Cassandra alone
+    const restored = await restoreFromStore({ runtime, store, container: HOLDER, stagingDir: staging });
+    expect(restored.manifest.version).toBe(committed.version);
+    expect(await runtime.state(HOLDER)).toBe('RUNNING');
+    expect(await readFile(held, 'utf8')).toBe(atDump); // restored with its holder, not started again
   });
 
   it('refuses to restore over a container that exists on this host, leaving it untouched', async () => {
