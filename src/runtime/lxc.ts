@@ -561,6 +561,12 @@ export class LxcRuntime implements ContainerRuntime {
     const configFile = join(this.runtimeDir, 'criu.conf');
     const capturingConfigFile = join(this.runtimeDir, 'criu-capturing.conf');
     const actionScript = join(this.runtimeDir, 'post-dump.sh');
+    // CRIU reads its config as whitespace-separated words and runs an action script through `sh -c <path>`.
+    if (!/^[\w/.+@:-]+$/.test(actionScript)) {
+      throw new FailedPreconditionError(
+        `lxcpath ${this.lxcpath}: CRIU cannot run an action script under it (whitespace or shell characters in the path); use a plain path`,
+      );
+    }
     await mkdir(binDir, { recursive: true });
     await replaceAtomically(join(binDir, 'criu'), (temporary) => symlink(criuPath, temporary));
     await replaceAtomically(actionScript, (temporary) => writeFile(temporary, postDumpActionScript(), { mode: 0o755 }));

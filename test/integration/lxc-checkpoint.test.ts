@@ -2,7 +2,7 @@
  * Checkpoint/restore of a real LXC container through the LXC driver, on two simulated hosts (two lxcpaths on
  * this machine). Needs root, lxc, busybox-static and a working criu (scripts/setup-criu.sh).
  */
-import { mkdir, mkdtemp, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorMessage, FailedPreconditionError, InvalidArgumentError, RestoreError } from '../../src/util/errors.ts';
@@ -133,6 +133,20 @@ describe('LXC checkpoint/restore', () => {
     await expect(failure).rejects.toThrow(/Can't open file bin\/lxcr-counter/);
     expect(await runtime3.state(COUNTER)).toBe('STOPPED');
   }, 60_000);
+
+  it('refuses, with what to do, an lxcpath CRIU could not run its action script under', async () => {
+    const spaced = await createLxcHost('spaced', join(runDir, 'hosts/with space/lxc'));
+    await mkdir(join(spaced.lxcpath, 'c1'));
+    await writeFile(join(spaced.lxcpath, 'c1/config'), 'lxc.uts.name = c1\n');
+    const images = join(runDir, 'spaced-images');
+    await mkdir(images);
+    await writeFile(join(images, 'inventory.img'), '');
+    const runtime = runtimeFor(spaced);
+    expect(await runtime.state('c1')).toBe('STOPPED');
+    const refused = runtime.restore('c1', images);
+    await expect(refused).rejects.toBeInstanceOf(FailedPreconditionError);
+    await expect(refused).rejects.toThrow(/CRIU cannot run an action script under it .*use a plain path/);
+  });
 
   it.each(['', '.', '..', '../escape', 'a/b', '-n', 'tab\there', 'new\nline', 'x'.repeat(65), 'sp ace'])(
     'rejects the container name %j',
