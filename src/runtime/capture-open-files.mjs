@@ -10,12 +10,14 @@
 // takes several times that. It never fails the dump by its exit code (CRIU would then resume the tasks even of
 // a stopping dump and still report success): it always exits 0 and writes what happened, error included, to
 // the report the runtime reads after lxc-checkpoint returns.
-import { copyFileSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { constants, copyFileSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 const reportPath = process.env.LXCR_OPEN_FILES_REPORT;
 const maxBytes = Number(process.env.LXCR_OPEN_FILES_MAX_BYTES);
 const initPid = Number(process.env.CRTOOLS_INIT_PID);
+const { O_APPEND, O_WRONLY } = constants;
+const O_ACCMODE = 0o3; // Linux's; node's fs.constants lacks it
 
 /**
  * The process `rootPid` and all its descendants: the tasks CRIU dumps (nested PID namespaces included). The same
@@ -61,19 +63,26 @@ function rootMountId(pid) {
  * @param {number} pid
  * @param {string} fd
  */
-function mountIdOf(pid, fd) {
-  return /^mnt_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8'))?.[1];
+function fdInfo(pid, fd) {
+  const text = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+  const flags = Number.parseInt(/^flags:\s*([0-7]+)$/m.exec(text)?.[1] ?? '0', 8);
+  return {
+    mountId: /^mnt_id:\s*(\d+)$/m.exec(text)?.[1],
+    // Write-only and appending, as a log is opened: CRIU does not check such a file's size on restore.
+    appendOnly: (flags & O_ACCMODE) === O_WRONLY && (flags & O_APPEND) !== 0,
+  };
 }
 
 /** @param {string} reportPath */
 function capture(reportPath) {
   const outputDir = dirname(reportPath);
   const rootMount = rootMountId(initPid);
-  /** @type {{ path: string, file: string, size: number, mode: number, uid: number, gid: number }[]} */
+  /** @type {{ path: string, file: string, size: number, mode: number, uid: number, gid: number, appendOnly: boolean }[]} */
   const captured = [];
   /** @type {{ path: string, size: number }[]} */
   const skipped = [];
-  const seen = new Set();
+  /** Each file once, however many descriptors hold it; the entry when it was copied. @type {Map<string, typeof captured[number] | undefined>} */
+  const seen = new Map();
   let bytes = 0;
   for (const pid of processTree(initPid)) {
     for (const fd of readdirSync(`/proc/${pid}/fd`)) {
@@ -81,12 +90,19 @@ function capture(reportPath) {
       try {
         const stat = statSync(link);
         // Unlinked files (nlink 0) are CRIU's: it saves their content as ghost files in the images itself.
-        if (!stat.isFile() || stat.nlink === 0 || mountIdOf(pid, fd) !== rootMount) continue;
+        if (!stat.isFile() || stat.nlink === 0) continue;
+        const { mountId, appendOnly } = fdInfo(pid, fd);
+        if (mountId !== rootMount) continue;
         const path = readlinkSync(link);
         const identity = `${stat.dev}:${stat.ino}:${path}`;
-        if (seen.has(identity) || !path.startsWith('/')) continue;
-        seen.add(identity);
+        if (!path.startsWith('/')) continue;
+        if (seen.has(identity)) {
+          const entry = seen.get(identity);
+          if (entry && !appendOnly) entry.appendOnly = false; // append-only only if every holder only appends
+          continue;
+        }
         if (bytes + stat.size > maxBytes) {
+          seen.set(identity, undefined);
           skipped.push({ path, size: stat.size });
           continue;
         }
@@ -95,7 +111,9 @@ function capture(reportPath) {
         copyFileSync(link, join(outputDir, file));
         const size = statSync(join(outputDir, file)).size;
         bytes += size;
-        captured.push({ path, file, size, mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid });
+        const entry = { path, file, size, mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid, appendOnly };
+        seen.set(identity, entry);
+        captured.push(entry);
       } catch (err) {
         throw new Error(`file descriptor ${fd} of task ${pid}: ${err instanceof Error ? err.message : String(err)}`);
       }

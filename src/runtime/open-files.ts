@@ -32,6 +32,12 @@ export interface CapturedFile {
   mode: number;
   uid: number;
   gid: number;
+  /**
+   * Every descriptor on it was write-only and appending (a log). CRIU does not check the size of such a file, so
+   * restore writes the copy only where the file is gone, and keeps what was appended after the dump (the lines
+   * logged before a crash, say).
+   */
+  appendOnly: boolean;
 }
 
 export interface OpenFilesReport {
@@ -69,7 +75,8 @@ function isCapturedFile(entry: unknown): entry is CapturedFile {
     typeof e?.path === 'string' &&
     typeof e.file === 'string' &&
     CAPTURED_FILE.test(e.file) &&
-    [e.size, e.mode, e.uid, e.gid].every(whole)
+    [e.size, e.mode, e.uid, e.gid].every(whole) &&
+    typeof e.appendOnly === 'boolean'
   );
 }
 
@@ -136,10 +143,15 @@ async function directoryInRootfs(rootfs: string, parts: string[]): Promise<strin
   return dir;
 }
 
+async function isRegularFile(path: string): Promise<boolean> {
+  return (await lstat(path).catch(() => undefined))?.isFile() ?? false;
+}
+
 /**
  * Writes the files captured at the dump back into the container's rootfs, each as it was then (content, mode,
- * owner), replacing what the archive holds at their paths. Images without a report (a stopping dump, a raw one)
- * need nothing. Returns how many files were put back. The container must be stopped.
+ * owner), replacing what the archive holds at their paths; an append-only file only where it is gone. Images
+ * without a report (a stopping dump, a raw one) need nothing. Returns how many files were written. The container
+ * must be stopped.
  */
 export async function putBackOpenFiles(container: string, imagesDir: string, rootfs: string): Promise<number> {
   let report: unknown;
@@ -150,17 +162,20 @@ export async function putBackOpenFiles(container: string, imagesDir: string, roo
     throw new RestoreError(`restore of ${container}: ${join(imagesDir, OPEN_FILES_REPORT)} is unreadable: ${errorMessage(err)}`);
   }
   if (!validReport(report)) throw new RestoreError(`restore of ${container}: ${join(imagesDir, OPEN_FILES_REPORT)} is malformed`);
+  let written = 0;
   for (const entry of report.captured) {
     try {
       const parts = pathComponents(entry.path);
       const dir = await directoryInRootfs(rootfs, parts.slice(0, -1));
       const target = join(dir, parts.at(-1)!);
+      if (entry.appendOnly && (await isRegularFile(target))) continue;
       const temporary = join(dir, `.lxcr-put-back-${randomBytes(6).toString('hex')}`);
       try {
         await copyFile(join(imagesDir, entry.file), temporary);
         await chown(temporary, entry.uid, entry.gid);
         await chmod(temporary, entry.mode);
         await rename(temporary, target); // over a regular file or a symbolic link; a directory there fails
+        written++;
       } finally {
         await rm(temporary, { force: true });
       }
@@ -171,5 +186,5 @@ export async function putBackOpenFiles(container: string, imagesDir: string, roo
       );
     }
   }
-  return report.captured.length;
+  return written;
 }

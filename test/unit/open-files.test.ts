@@ -42,10 +42,13 @@ describe('capturing the files a process tree holds open', () => {
     const work = await mkdtemp(join(dir, 'capture-'));
     const small = join(work, 'small.db');
     const large = join(work, 'large.db');
+    const log = join(work, 'app.log');
     await writeFile(small, 'alpha\n', { mode: 0o640 });
     await writeFile(large, Buffer.alloc(256 * KiB, 7));
-    // A shell holding both (one of them twice), and a child holding the small one: a process tree as CRIU dumps it.
-    const holder = spawn('sh', ['-c', `exec 3<>"$0" 4<"$0" 5<"$1"; sleep 60 & wait`, small, large], { stdio: 'ignore' });
+    await writeFile(log, 'started\n', { mode: 0o644 });
+    // A shell holding them (one twice), and a child holding them too: a process tree as CRIU dumps it.
+    const script = `exec 3<>"$0" 4<"$0" 5<"$1" 6>>"$2"; sleep 60 & wait`;
+    const holder = spawn('sh', ['-c', script, small, large, log], { stdio: 'ignore' });
     try {
       await new Promise((settled) => setTimeout(settled, 300));
       const images = join(work, 'images');
@@ -53,7 +56,10 @@ describe('capturing the files a process tree holds open', () => {
       await runCapture(holder.pid!, images, 64 * KiB);
 
       const report = await readCaptureReport('holder', images);
-      expect(report.captured.map((f) => [f.path, f.size, f.mode])).toEqual([[small, 6, 0o640]]);
+      expect(report.captured.map((f) => [f.path, f.size, f.mode, f.appendOnly])).toEqual([
+        [small, 6, 0o640, false],
+        [log, 8, 0o644, true],
+      ]);
       expect(report.skipped).toEqual([{ path: large, size: 256 * KiB }]);
       expect(await readFile(join(images, report.captured[0]!.file), 'utf8')).toBe('alpha\n');
 
@@ -62,9 +68,17 @@ describe('capturing the files a process tree holds open', () => {
       await writeFile(small, 'something longer, written later\n');
       const rootfs = join(work, 'rootfs');
       await mkdir(rootfs);
-      expect(await putBackOpenFiles('holder', images, rootfs)).toBe(1);
+      expect(await putBackOpenFiles('holder', images, rootfs)).toBe(2); // the log was gone: written too
       expect(await readFile(join(rootfs, small), 'utf8')).toBe('alpha\n');
       expect((await stat(join(rootfs, small))).mode & 0o777).toBe(0o640);
+      expect(await readFile(join(rootfs, log), 'utf8')).toBe('started\n');
+
+      // A log that is still there keeps what was appended after the dump (a crash's last lines); the rest is reset.
+      await writeFile(join(rootfs, log), 'started\nlogged after the dump\n');
+      await writeFile(join(rootfs, small), 'changed\n');
+      expect(await putBackOpenFiles('holder', images, rootfs)).toBe(1);
+      expect(await readFile(join(rootfs, log), 'utf8')).toBe('started\nlogged after the dump\n');
+      expect(await readFile(join(rootfs, small), 'utf8')).toBe('alpha\n');
     } finally {
       holder.kill('SIGKILL');
     }
@@ -83,7 +97,7 @@ describe('putting captured files back', () => {
   async function imagesWith(path: string): Promise<string> {
     const images = await mkdtemp(join(dir, 'images-'));
     await writeFile(join(images, 'lxcr-open-file-0'), 'captured\n');
-    const entry = { path, file: 'lxcr-open-file-0', size: 9, mode: 0o600, uid: 0, gid: 0 };
+    const entry = { path, file: 'lxcr-open-file-0', size: 9, mode: 0o600, uid: 0, gid: 0, appendOnly: false };
     await writeFile(join(images, OPEN_FILES_REPORT), JSON.stringify({ captured: [entry], skipped: [], bytes: 9 }));
     return images;
   }
