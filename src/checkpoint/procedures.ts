@@ -11,7 +11,7 @@ import { ROOTFS_DIR, ROOTFS_TAR, type AssembledCopies } from '../storage/assembl
 import { RESTORE_READ, committedManifest, downloadSnapshot, uploadSnapshot, type DownloadResult, type SnapshotSource, type TransferProgressListener, type UploadResult } from '../storage/snapshots.ts';
 import type { VersionManifest } from '../storage/manifest.ts';
 import type { SnapshotStore } from '../storage/store.ts';
-import { CheckpointError, NotFoundError } from '../util/errors.ts';
+import { CheckpointError, NotFoundError, RestoreError } from '../util/errors.ts';
 
 /**
  * The two procedures the agent runs on a container, built from a runtime and a snapshot store:
@@ -219,11 +219,19 @@ export interface RestoreFromStoreResult extends FetchResult {
   importMs: number;
   /** lxc-checkpoint -r. */
   restoreMs: number;
+  /** Newer committed versions tried first whose verified images CRIU would not restore, newest first. */
+  fellBackFrom: UnrestorableVersion[];
+}
+
+export interface UnrestorableVersion {
+  version: number;
+  error: string;
 }
 
 /** Where a restore's time went and how it got its snapshot, for its audit event. */
 export function describeRestore(restored: RestoreFromStoreResult): string {
-  return `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms`;
+  const fallback = restored.fellBackFrom.map((failed) => `; version ${failed.version} did not restore, so ${restored.manifest.version} was (${failed.error})`).join('');
+  return `${fetchedHow(restored)} ${Math.round(restored.downloadMs)} ms, import ${Math.round(restored.importMs)} ms, lxc-checkpoint -r ${Math.round(restored.restoreMs)} ms${fallback}`;
 }
 
 /** How a restore got its snapshot into staging. */
@@ -239,8 +247,49 @@ function fetchedHow(fetched: FetchResult): string {
  * Restores a container that is not defined on this host (it crashed and was destroyed, or it lived on a host
  * that failed) from its committed snapshot. Every chunk is verified before anything is started: as it is
  * downloaded, or as it was written into the assembled standby copy taken instead.
+ *
+ * With no version asked for, a newest version whose verified images CRIU refuses (RestoreError) gives way to the
+ * next older committed one: the container comes back in an older state rather than not at all, and the result
+ * says which versions failed and why (callers put it in the audit trail). An integrity or store error is no
+ * reason to go back, and a version asked for is the only one tried.
  */
 export async function restoreFromStore(options: RestoreFromStoreOptions): Promise<RestoreFromStoreResult> {
+  const fellBackFrom: UnrestorableVersion[] = [];
+  let attempt = options;
+  for (;;) {
+    const tried: { version?: number } = {};
+    try {
+      return { ...(await restoreVersion(attempt, tried)), fellBackFrom };
+    } catch (err) {
+      if (options.version !== undefined || !(err instanceof RestoreError) || tried.version === undefined) throw err;
+      fellBackFrom.push({ version: tried.version, error: headline(err.message) });
+      const older = (await options.store.versions(options.container, RESTORE_READ))
+        .filter((v) => v.state === 'committed' && v.version < tried.version!)
+        .map((v) => v.version)
+        .sort((a, b) => b - a)[0];
+      if (older === undefined) {
+        const tries = fellBackFrom.map((failed) => `version ${failed.version}: ${failed.error}`).join('; ');
+        throw new RestoreError(`no committed version of ${options.container} restores (${tries})\n${err.message}`, { cause: err });
+      }
+      // The manifest read and the assembled copy offered were the newest version's.
+      attempt = { ...options, version: older, manifest: undefined, assembled: undefined };
+    }
+  }
+}
+
+/**
+ * A restore error on one line: its first line and, when CRIU reported errors, all of them (the first is not always
+ * the cause: a missing iptables-restore is logged before the file CRIU could not open). Stops where the runtime's
+ * message points to the CRIU log.
+ */
+function headline(message: string): string {
+  const lines = message.split('\n');
+  const logLine = lines.findIndex((line) => line.startsWith('CRIU log:'));
+  return lines.slice(0, logLine > 0 ? logLine : 1).map((line) => line.trim()).filter((line) => line !== '').join(' ');
+}
+
+/** One version's restore; `tried.version` says which once its manifest is known. */
+async function restoreVersion(options: RestoreFromStoreOptions, tried: { version?: number }): Promise<Omit<RestoreFromStoreResult, 'fellBackFrom'>> {
   const { runtime, container } = options;
   const staging = join(options.stagingDir, `${container}.restore-${process.pid}-${Date.now()}`);
   await mkdir(staging, { recursive: true });
@@ -248,6 +297,7 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
   try {
     const started = performance.now();
     const downloaded = await fetchSnapshot(options, staging);
+    tried.version = downloaded.manifest.version;
     const downloadMs = performance.now() - started;
     const config = await readFile(join(staging, CONFIG));
     await runtime.importFiles(container, downloaded.usedAssembledCopy ? { config, rootfsDir: join(staging, ROOTFS_DIR) } : { config, rootfsTarPath: join(staging, ROOTFS_TAR) });

@@ -3,11 +3,11 @@ import { readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkpointToStore, discardStaged, dumpToStaging, replicateStaged, restoreFromStore } from '../../src/checkpoint/procedures.ts';
+import { checkpointToStore, describeRestore, discardStaged, dumpToStaging, replicateStaged, restoreFromStore } from '../../src/checkpoint/procedures.ts';
 import type { CassandraSnapshotStore } from '../../src/storage/cassandra-store.ts';
 import { CompressionPolicy } from '../../src/storage/codec.ts';
 import { bucketRoutingKey } from '../../src/storage/placement.ts';
-import { AlreadyExistsError } from '../../src/util/errors.ts';
+import { AlreadyExistsError, RestoreError } from '../../src/util/errors.ts';
 import { crashContainer, createCounterContainer, HELD_FILE, readCounter, runtimeFor, startContainer, waitForCounterAbove, waitRunning } from '../../testcontainers/lxc.ts';
 import { connectStore, removeContainer, sharedTestbed } from '../support/testbed.ts';
 
@@ -17,6 +17,7 @@ const runtime = runtimeFor(host);
 const CONTAINER = 'cr-counter';
 const IDLE = 'cr-idle';
 const HOLDER = 'cr-holder';
+const FALLBACK = 'cr-fallback';
 const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -30,7 +31,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const name of [CONTAINER, IDLE, HOLDER]) await removeContainer(runtime, name);
+  for (const name of [CONTAINER, IDLE, HOLDER, FALLBACK]) await removeContainer(runtime, name);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });
@@ -94,6 +95,41 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     expect(restored.manifest.version).toBe(committed.version);
     expect(await runtime.state(HOLDER)).toBe('RUNNING');
     expect(await readFile(held, 'utf8')).toBe(atDump); // restored with its holder, not started again
+  });
+
+  it('falls back to the next older committed version when CRIU refuses the newest, and says so; a version asked for is the only one tried', async () => {
+    await createCounterContainer(host, FALLBACK, { holdOpenFile: true });
+    await startContainer(host, FALLBACK);
+    await waitRunning(host, FALLBACK);
+    await waitForCounterAbove(host, FALLBACK, 3);
+    const held = join(await runtime.rootfsPath(FALLBACK), HELD_FILE);
+    const restorable = await checkpointToStore({ runtime, store, policy, container: FALLBACK, sourceHost: host.hostId, stagingDir: staging });
+    // A newer version CRIU will refuse: its copy of the open files left out, the held file renamed away before
+    // the rootfs was archived (what any snapshot was before the copy existed).
+    const staged = await dumpToStaging({ runtime, container: FALLBACK, stagingDir: staging });
+    const unrestorable = await (async () => {
+      try {
+        await rename(held, `${held}.moved`);
+        const withoutCopy = { ...staged, sources: staged.sources.filter((source) => !source.path.startsWith('images/lxcr-open-')) };
+        return await replicateStaged(withoutCopy, { store, policy, sourceHost: host.hostId });
+      } finally {
+        await discardStaged(staged);
+      }
+    })();
+    expect(unrestorable.version).toBe(restorable.version + 1);
+    await crashContainer(host, FALLBACK);
+    await runtime.destroy(FALLBACK);
+
+    const asked = restoreFromStore({ runtime, store, container: FALLBACK, stagingDir: staging, version: unrestorable.version });
+    await expect(asked).rejects.toBeInstanceOf(RestoreError);
+    await expect(asked).rejects.toThrow(/Can't open file var\/lxcr\/held/);
+    expect(await runtime.exists(FALLBACK)).toBe(false); // the failed import is undone
+
+    const restored = await restoreFromStore({ runtime, store, container: FALLBACK, stagingDir: staging });
+    expect(restored.manifest.version).toBe(restorable.version);
+    expect(restored.fellBackFrom).toEqual([{ version: unrestorable.version, error: expect.stringMatching(/Can't open file var\/lxcr\/held/) as unknown }]);
+    expect(describeRestore(restored)).toMatch(new RegExp(`version ${unrestorable.version} did not restore, so ${restorable.version} was \\(restore of ${FALLBACK} failed; CRIU reported: .*Can't open file`));
+    expect(await runtime.state(FALLBACK)).toBe('RUNNING');
   });
 
   it('refuses to restore over a container that exists on this host, leaving it untouched', async () => {
