@@ -18,6 +18,7 @@ const CONTAINER = 'cr-counter';
 const IDLE = 'cr-idle';
 const HOLDER = 'cr-holder';
 const FALLBACK = 'cr-fallback';
+const UNRESTORABLE = 'cr-unrestorable';
 const staging = mkdtempSync('/var/tmp/lxcr-staging-');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
@@ -31,7 +32,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const name of [CONTAINER, IDLE, HOLDER, FALLBACK]) await removeContainer(runtime, name);
+  for (const name of [CONTAINER, IDLE, HOLDER, FALLBACK, UNRESTORABLE]) await removeContainer(runtime, name);
   await client?.shutdown();
   rmSync(staging, { recursive: true, force: true });
 });
@@ -97,25 +98,29 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     expect(await readFile(held, 'utf8')).toBe(atDump); // restored with its holder, not started again
   });
 
+  /**
+   * A version CRIU will refuse: its copy of the open files left out, the held file renamed away before the rootfs
+   * was archived (what any snapshot was before the copy existed).
+   */
+  async function checkpointCriuWillRefuse(container: string) {
+    const held = join(await runtime.rootfsPath(container), HELD_FILE);
+    const staged = await dumpToStaging({ runtime, container, stagingDir: staging });
+    try {
+      await rename(held, `${held}.moved`);
+      const withoutCopy = { ...staged, sources: staged.sources.filter((source) => !source.path.startsWith('images/lxcr-open-')) };
+      return await replicateStaged(withoutCopy, { store, policy, sourceHost: host.hostId });
+    } finally {
+      await discardStaged(staged);
+    }
+  }
+
   it('falls back to the next older committed version when CRIU refuses the newest, and says so; a version asked for is the only one tried', async () => {
     await createCounterContainer(host, FALLBACK, { holdOpenFile: true });
     await startContainer(host, FALLBACK);
     await waitRunning(host, FALLBACK);
     await waitForCounterAbove(host, FALLBACK, 3);
-    const held = join(await runtime.rootfsPath(FALLBACK), HELD_FILE);
     const restorable = await checkpointToStore({ runtime, store, policy, container: FALLBACK, sourceHost: host.hostId, stagingDir: staging });
-    // A newer version CRIU will refuse: its copy of the open files left out, the held file renamed away before
-    // the rootfs was archived (what any snapshot was before the copy existed).
-    const staged = await dumpToStaging({ runtime, container: FALLBACK, stagingDir: staging });
-    const unrestorable = await (async () => {
-      try {
-        await rename(held, `${held}.moved`);
-        const withoutCopy = { ...staged, sources: staged.sources.filter((source) => !source.path.startsWith('images/lxcr-open-')) };
-        return await replicateStaged(withoutCopy, { store, policy, sourceHost: host.hostId });
-      } finally {
-        await discardStaged(staged);
-      }
-    })();
+    const unrestorable = await checkpointCriuWillRefuse(FALLBACK);
     expect(unrestorable.version).toBe(restorable.version + 1);
     await crashContainer(host, FALLBACK);
     await runtime.destroy(FALLBACK);
@@ -130,6 +135,21 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     expect(restored.fellBackFrom).toEqual([{ version: unrestorable.version, error: expect.stringMatching(/Can't open file var\/lxcr\/held/) as unknown }]);
     expect(describeRestore(restored)).toMatch(new RegExp(`version ${unrestorable.version} did not restore, so ${restorable.version} was \\(restore of ${FALLBACK} failed; CRIU reported: .*Can't open file`));
     expect(await runtime.state(FALLBACK)).toBe('RUNNING');
+  });
+
+  it('fails, naming every version tried, when no committed version restores; nothing is left defined', async () => {
+    await createCounterContainer(host, UNRESTORABLE, { holdOpenFile: true });
+    await startContainer(host, UNRESTORABLE);
+    await waitRunning(host, UNRESTORABLE);
+    await waitForCounterAbove(host, UNRESTORABLE, 3);
+    const only = await checkpointCriuWillRefuse(UNRESTORABLE);
+    await crashContainer(host, UNRESTORABLE);
+    await runtime.destroy(UNRESTORABLE);
+
+    const failure = restoreFromStore({ runtime, store, container: UNRESTORABLE, stagingDir: staging });
+    await expect(failure).rejects.toBeInstanceOf(RestoreError);
+    await expect(failure).rejects.toThrow(new RegExp(`^no committed version of ${UNRESTORABLE} restores \\(version ${only.version}: restore of ${UNRESTORABLE} failed; CRIU reported: .*Can't open file var/lxcr/held`));
+    expect(await runtime.exists(UNRESTORABLE)).toBe(false);
   });
 
   it('refuses to restore over a container that exists on this host, leaving it untouched', async () => {
