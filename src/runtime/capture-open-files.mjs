@@ -7,9 +7,9 @@
 // data file) made a committed snapshot unrestorable. Restore puts these copies back first (putBackOpenFiles).
 //
 // Plain JavaScript on purpose: it runs inside the freeze, and node starts in ~60 ms where a TypeScript loader
-// takes several times that. It never fails the dump by its exit code (CRIU would then resume the tasks even of
-// a stopping dump and still report success): it always exits 0 and writes what happened, error included, to
-// the report the runtime reads after lxc-checkpoint returns.
+// takes several times that. It never fails the dump by its exit code: CRIU (cr_dump_finish) would then let the
+// tasks run on even in a stopping dump and hand the code back to lxc-checkpoint. It always exits 0 and writes
+// what happened, error included, to the report the runtime reads after lxc-checkpoint returns.
 import { constants, copyFileSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
