@@ -71,23 +71,36 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     expect(second.uploadedBytes).toBeLessThan(0.5 * second.logicalBytes);
   });
 
+  /** Starts a container whose holder keeps HELD_FILE open, once its workload runs. */
+  async function runHolder(container: string): Promise<void> {
+    await createCounterContainer(host, container, { holdOpenFile: true });
+    await startContainer(host, container);
+    await waitRunning(host, container);
+    await waitForCounterAbove(host, container, 3);
+  }
+
+  /**
+   * The agent's two steps, dump then replicate, with a write-then-rename of the held file landing between the dump
+   * and the rootfs archive. `withoutCopy` also leaves the dump's copy of the open files out, as every snapshot was
+   * before the copy existed: CRIU will refuse that version.
+   */
+  async function checkpointWithHeldFileRenamed(container: string, { withoutCopy = false } = {}) {
+    const held = join(await runtime.rootfsPath(container), HELD_FILE);
+    const staged = await dumpToStaging({ runtime, container, stagingDir: staging });
+    try {
+      await rename(held, `${held}.moved`);
+      const sources = withoutCopy ? staged.sources.filter((source) => !source.path.startsWith('images/lxcr-open-')) : staged.sources;
+      return await replicateStaged({ ...staged, sources }, { store, policy, sourceHost: host.hostId });
+    } finally {
+      await discardStaged(staged);
+    }
+  }
+
   it('restores, after a crash, a snapshot whose open file was renamed away before its rootfs was archived', async () => {
-    await createCounterContainer(host, HOLDER, { holdOpenFile: true });
-    await startContainer(host, HOLDER);
-    await waitRunning(host, HOLDER);
-    await waitForCounterAbove(host, HOLDER, 3);
+    await runHolder(HOLDER);
     const held = join(await runtime.rootfsPath(HOLDER), HELD_FILE);
     const atDump = await readFile(held, 'utf8');
-    // The agent's two steps, with a write-then-rename landing between the dump and the rootfs archive.
-    const staged = await dumpToStaging({ runtime, container: HOLDER, stagingDir: staging });
-    const committed = await (async () => {
-      try {
-        await rename(held, `${held}.moved`);
-        return await replicateStaged(staged, { store, policy, sourceHost: host.hostId });
-      } finally {
-        await discardStaged(staged);
-      }
-    })();
+    const committed = await checkpointWithHeldFileRenamed(HOLDER);
     expect(committed.manifest.files.map((f) => f.path)).toContain('images/lxcr-open-files.json');
 
     await crashContainer(host, HOLDER);
@@ -98,29 +111,10 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
     expect(await readFile(held, 'utf8')).toBe(atDump); // restored with its holder, not started again
   });
 
-  /**
-   * A version CRIU will refuse: its copy of the open files left out, the held file renamed away before the rootfs
-   * was archived (what any snapshot was before the copy existed).
-   */
-  async function checkpointCriuWillRefuse(container: string) {
-    const held = join(await runtime.rootfsPath(container), HELD_FILE);
-    const staged = await dumpToStaging({ runtime, container, stagingDir: staging });
-    try {
-      await rename(held, `${held}.moved`);
-      const withoutCopy = { ...staged, sources: staged.sources.filter((source) => !source.path.startsWith('images/lxcr-open-')) };
-      return await replicateStaged(withoutCopy, { store, policy, sourceHost: host.hostId });
-    } finally {
-      await discardStaged(staged);
-    }
-  }
-
   it('falls back to the next older committed version when CRIU refuses the newest, and says so; a version asked for is the only one tried', async () => {
-    await createCounterContainer(host, FALLBACK, { holdOpenFile: true });
-    await startContainer(host, FALLBACK);
-    await waitRunning(host, FALLBACK);
-    await waitForCounterAbove(host, FALLBACK, 3);
+    await runHolder(FALLBACK);
     const restorable = await checkpointToStore({ runtime, store, policy, container: FALLBACK, sourceHost: host.hostId, stagingDir: staging });
-    const unrestorable = await checkpointCriuWillRefuse(FALLBACK);
+    const unrestorable = await checkpointWithHeldFileRenamed(FALLBACK, { withoutCopy: true });
     expect(unrestorable.version).toBe(restorable.version + 1);
     await crashContainer(host, FALLBACK);
     await runtime.destroy(FALLBACK);
@@ -138,11 +132,8 @@ describe('checkpoint into Cassandra and restore from it (real LXC, CRIU and Cass
   });
 
   it('fails, naming every version tried, when no committed version restores; nothing is left defined', async () => {
-    await createCounterContainer(host, UNRESTORABLE, { holdOpenFile: true });
-    await startContainer(host, UNRESTORABLE);
-    await waitRunning(host, UNRESTORABLE);
-    await waitForCounterAbove(host, UNRESTORABLE, 3);
-    const only = await checkpointCriuWillRefuse(UNRESTORABLE);
+    await runHolder(UNRESTORABLE);
+    const only = await checkpointWithHeldFileRenamed(UNRESTORABLE, { withoutCopy: true });
     await crashContainer(host, UNRESTORABLE);
     await runtime.destroy(UNRESTORABLE);
 
