@@ -68,10 +68,11 @@ export interface UploadOptions {
   /** Told of the raw bytes read and chunked so far, per chunk (the total is unknown: sources are streams). */
   onProgress?: TransferProgressListener;
   /**
-   * The upload indexes its chunks and commits only if it began less than this long ago; default half of GC's upload
-   * grace. GC takes an uncommitted version older than its grace for abandoned and may delete its chunks, and the
-   * chunks it was about to reuse, so an upload stalled that long (its host paused or starved) must neither commit
-   * nor index them: the version would miss chunks. The other half leaves the commit time to land first.
+   * The upload writes chunks, indexes them and commits only if it began less than this long ago; default half of
+   * GC's upload grace. GC takes an uncommitted version older than its grace for abandoned and may delete its chunks,
+   * the chunks it was about to reuse and its row, so an upload stalled that long (its host paused or starved) must
+   * neither commit nor index them (the version would miss chunks), nor write more (they would be in no row's
+   * buckets, found by nothing). The other half leaves the commit time to land first.
    */
   commitDeadlineMs?: number;
 }
@@ -201,6 +202,20 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   const version = await store.beginVersion(container, options.sourceHost);
   const notCommitted = (reason: string, cause?: unknown) =>
     new UploadFailedError(`checkpoint of ${container} version ${version} was not committed: ${reason}`, cause === undefined ? undefined : { cause });
+  /**
+   * The error of an upload past its commit deadline, or undefined. Checked before each chunk write too: a late upload
+   * can never commit, and GC may already have deleted its version row, so a chunk it wrote now would be found by nothing.
+   */
+  const pastDeadline = (): UploadFailedError | undefined => {
+    const elapsedMs = Date.now() - started;
+    if (elapsedMs <= commitDeadlineMs) return undefined;
+    return notCommitted(
+      `the upload took ${(elapsedMs / 1000).toFixed(1)} s, past the ${(commitDeadlineMs / 1000).toFixed(1)} s within which an ` +
+        `upload may commit (GC takes an uncommitted version older than ${DEFAULT_UPLOAD_GRACE_MS / 60_000} min for abandoned and may ` +
+        `have collected its chunks). Earlier versions are untouched and GC collects this one; if uploads of this container ` +
+        `are this slow when nothing stalls, the store or network is too slow for its size`,
+    );
+  };
   options.onProgress?.({ version, bytesDone: 0 });
   const stored = new Map([...(await store.chunkIndex(container))].filter(([, chunk]) => chunk.state === 'stored'));
   requireReusableChunks(container, version, stored.values(), store.cipher?.keyId);
@@ -234,9 +249,16 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
     return { kind: 'new', hash, size: data.length, encoded };
   };
 
+  /** Set once a put was not started because the upload is past its commit deadline. */
+  let lateFailure: UploadFailedError | undefined;
   /** Starts puts from `ready` while slots are free; each finished put starts the next. */
   const launch = () => {
     while (!failure && inFlight.size < concurrency && ready.length > 0) {
+      lateFailure ??= pastDeadline();
+      if (lateFailure) {
+        failure = { error: lateFailure };
+        return;
+      }
       const { location, bytes } = ready.shift()!;
       putClock.begin();
       // The bucket's reservation has normally returned long before (see BucketFiller).
@@ -312,18 +334,12 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   }
   if (failure) {
     const cause = failure.error;
-    throw notCommitted(errorMessage(cause), cause);
+    throw cause === lateFailure ? cause : notCommitted(errorMessage(cause), cause);
   }
 
   const requireBeforeDeadline = () => {
-    const elapsedMs = Date.now() - started;
-    if (elapsedMs <= commitDeadlineMs) return;
-    throw notCommitted(
-      `the upload took ${(elapsedMs / 1000).toFixed(1)} s, past the ${(commitDeadlineMs / 1000).toFixed(1)} s within which an ` +
-        `upload may commit (GC takes an uncommitted version older than ${DEFAULT_UPLOAD_GRACE_MS / 60_000} min for abandoned and may ` +
-        `have collected its chunks). Earlier versions are untouched and GC collects this one; if uploads of this container ` +
-        `are this slow when nothing stalls, the store or network is too slow for its size`,
-    );
+    const late = pastDeadline();
+    if (late) throw late;
   };
   requireBeforeDeadline();
   // Every chunk's data is durable now: only then may later uploads reuse them.

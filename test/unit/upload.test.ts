@@ -196,6 +196,27 @@ describe('uploadSnapshot', () => {
     expect(store.events).toEqual([]);
   });
 
+  it('writes no chunk once past its commit deadline: its version row may be gone, and the chunk would be found by nothing', async () => {
+    const store = new MemoryStore();
+    const first = pseudoRandom(100 * KiB, 1);
+    // The second file is read after a stall longer than the deadline (the host paused mid-upload).
+    const late: SnapshotSource = {
+      path: 'late',
+      mode: 0o600,
+      open: () => (async function* () {
+        await sleep(300);
+        yield pseudoRandom(100 * KiB, 2);
+      })(),
+    };
+    await expect(
+      uploadSnapshot({ store: store.asStore(), container: 'c', sourceHost: 'h', policy: new CompressionPolicy(), commitDeadlineMs: 100, sources: [source('first', first), late] }),
+    ).rejects.toThrow(/^checkpoint of c version 1 was not committed: the upload took [\d.]+ s, past the 0\.1 s within which/);
+    // The chunk read in time was written; the one after the stall was not, and nothing was indexed or committed.
+    expect(store.events.filter((e) => e.op === 'put-start')).toHaveLength(1);
+    expect(store.events.some((e) => e.op === 'index' || e.op === 'commit')).toBe(false);
+    expect(store.running).toBe(0);
+  });
+
   it('passes a source error on, with no put left running and nothing committed', async () => {
     const store = new MemoryStore();
     store.putDelayMs = 10;
