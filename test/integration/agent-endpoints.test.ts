@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -19,6 +18,7 @@ import { runCounterContainer } from '../../testcontainers/lxc.ts';
 import { until } from '../../testcontainers/until.ts';
 import { parseExposition } from '../support/exposition.ts';
 import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
+import { lxcr } from '../support/cli.ts';
 
 /**
  * The agent's operator endpoints on the real testbed: the Prometheus metrics a checkpoint moves, scraped over
@@ -35,7 +35,6 @@ const agents: TestbedAgent[] = [];
 let api: ClusterClient;
 let tokenFile: string;
 const TOKEN = 'e2b7c4f09a1d4e6b8c3f5a7d9e1b2c4d';
-const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
 
 beforeAll(async () => {
   ({ client } = await connectStore(testbed, SNAPSHOTS));
@@ -193,11 +192,6 @@ describe('server reflection', () => {
     }
   });
 });
-
-function lxcr(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [LXCR, ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 describe('the bearer token of the public API', () => {
   it('refuses calls without it or with another one as UNAUTHENTICATED, audits and counts the refusal, and lets agent calls and health through', async () => {

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -20,6 +19,7 @@ import { readCounter, runCounterContainer, runtimeFor, waitForCounterAbove } fro
 import { runningCopiesOf } from '../../testcontainers/testbed.ts';
 import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
+import { lxcr } from '../support/cli.ts';
 
 /**
  * The public API (lxcr.v1.ClusterService) and the CLI commands over it, against agents on the real testbed: any
@@ -30,7 +30,6 @@ const testbed = sharedTestbed();
 const SNAPSHOTS = 'api_snap';
 const META = 'api_meta';
 const CONTAINER = 'api-a';
-const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
 let client: cassandra.Client;
 let store: CassandraSnapshotStore;
 const agents: TestbedAgent[] = [];
@@ -56,11 +55,6 @@ afterAll(async () => {
   await removeContainersEverywhere(testbed, [CONTAINER]);
   await client?.shutdown();
 }, 120_000);
-
-function lxcr(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [LXCR, ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 describe('the public API, answered by any agent for the whole cluster', () => {
   it('lists the hosts with their gossip state and load, and serves its health', async () => {

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import { runCounterContainer } from '../../testcontainers/lxc.ts';
 import { runningCopiesOf } from '../../testcontainers/testbed.ts';
 import { until } from '../../testcontainers/until.ts';
 import { connectStore, sharedTestbed, removeContainersEverywhere } from '../support/testbed.ts';
+import { lxcr } from '../support/cli.ts';
 
 /**
  * Mutual TLS on the real testbed: agents serve and call each other with certificates of one CA, clients must
@@ -23,7 +23,6 @@ import { connectStore, sharedTestbed, removeContainersEverywhere } from '../supp
 
 const testbed = sharedTestbed();
 const CONTAINER = 'tls-a';
-const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
 const scratch = mkdtempSync(join(tmpdir(), 'lxcr-tls-'));
 let client: cassandra.Client;
 let certs: TestCertificates;
@@ -48,11 +47,6 @@ afterAll(async () => {
   await client?.shutdown();
   rmSync(scratch, { recursive: true, force: true });
 }, 120_000);
-
-function lxcr(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const result = spawnSync(process.execPath, [LXCR, ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
-}
 
 describe('mutual TLS between agents and with clients', () => {
   it('serves a client with a certificate of the cluster CA, and agents call each other over it (a migration)', async () => {

@@ -1,5 +1,3 @@
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type cassandra from 'cassandra-driver';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +8,7 @@ import { errorMessage } from '../../src/util/errors.ts';
 import { type TestbedAgent, startAgents, stopAgents } from '../../testcontainers/agents.ts';
 import { runCounterContainer } from '../../testcontainers/lxc.ts';
 import { connectStore, sharedTestbed, removeContainersEverywhere, untilAdopted } from '../support/testbed.ts';
+import { lxcrInBackground } from '../support/cli.ts';
 
 /**
  * Progress of long transfers, on the real testbed: `lxcr checkpoint --progress` of a container holding 128 MiB
@@ -21,7 +20,6 @@ const testbed = sharedTestbed();
 const SNAPSHOTS = 'progress_snap';
 const META = 'progress_meta';
 const CONTAINER = 'prog-a';
-const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
 let client: cassandra.Client;
 const agents: TestbedAgent[] = [];
 
@@ -49,25 +47,13 @@ function clientOf(hostIndex: number): ClusterClient {
   return new ClusterClient(agents[hostIndex - 1]!.grpcEndpoint, grpc.credentials.createInsecure());
 }
 
-function lxcr(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [LXCR, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
-    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
-
 /** The progress lines drawn on stderr (redrawn with '\r', ended with '\n'). */
 const progressLines = (stderr: string) => stderr.split(/[\r\n]/).map((line) => line.trimEnd()).filter(Boolean);
 
 describe('lxcr checkpoint --progress', () => {
   it('draws the owner\'s upload (bytes rising, MiB/s) on stderr while it runs; exit code and stdout as without it', async () => {
     const agent = ['--agent', agents[1]!.grpcEndpoint, '--insecure']; // host2's agent: the upload runs on host1
-    const shown = await lxcr('checkpoint', CONTAINER, '--progress', ...agent);
+    const shown = await lxcrInBackground('checkpoint', CONTAINER, '--progress', ...agent);
     expect(shown.status, shown.stderr).toBe(0);
     expect(shown.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host1 — frozen \\d+ ms, \\d+ ms in all; [\\d.]+ MiB snapshot, [\\d.]+ MiB uploaded\\n$`));
     const lines = progressLines(shown.stderr);
@@ -84,10 +70,10 @@ describe('lxcr checkpoint --progress', () => {
     console.log(`lxcr checkpoint --progress: ${lines.length} progress lines, last: ${lines.at(-1)}`);
 
     // Off with --no-progress and with --json (then stdout is the response alone).
-    const quiet = await lxcr('checkpoint', CONTAINER, '--no-progress', ...agent);
+    const quiet = await lxcrInBackground('checkpoint', CONTAINER, '--no-progress', ...agent);
     expect([quiet.status, quiet.stderr]).toEqual([0, '']);
     expect(quiet.stdout).toMatch(new RegExp(`^${CONTAINER}: version \\d+ committed by host1`));
-    const json = await lxcr('checkpoint', CONTAINER, '--json', '--progress', ...agent);
+    const json = await lxcrInBackground('checkpoint', CONTAINER, '--json', '--progress', ...agent);
     expect([json.status, json.stderr]).toEqual([0, '']);
     expect(JSON.parse(json.stdout)).toMatchObject({ container: CONTAINER, host: 'host1' });
   }, 300_000);
@@ -103,7 +89,7 @@ describe('WatchTransfer', () => {
       expect(idle).toEqual([]);
       expect(await watcher.watchTransfer('no such', () => undefined).done.then(() => 'ended', (err: unknown) => errorMessage(err))).toMatch(/INVALID_ARGUMENT|container name/i);
 
-      const restoring = lxcr('restore', CONTAINER, '--to', 'host2', '--progress', '--agent', agents[0]!.grpcEndpoint, '--insecure');
+      const restoring = lxcrInBackground('restore', CONTAINER, '--to', 'host2', '--progress', '--agent', agents[0]!.grpcEndpoint, '--insecure');
       let finished = false;
       void restoring.finally(() => (finished = true));
       const seen: TransferProgress__Output[] = [];
@@ -140,7 +126,7 @@ describe('WatchTransfer', () => {
 
 describe('lxcr migrate --progress', () => {
   it('draws the restore on the target as a bar (and the upload on the owner when it is caught running), then the usual result', async () => {
-    const migrated = await lxcr('migrate', CONTAINER, '--to', 'host3', '--progress', '--agent', agents[0]!.grpcEndpoint, '--insecure');
+    const migrated = await lxcrInBackground('migrate', CONTAINER, '--to', 'host3', '--progress', '--agent', agents[0]!.grpcEndpoint, '--insecure');
     expect(migrated.status, migrated.stderr).toBe(0);
     expect(migrated.stdout).toMatch(new RegExp(`^${CONTAINER}: migrated from host2 to host3, version \\d+, epoch \\d+ — frozen \\d+ ms, \\d+ ms in all\\n$`));
     const lines = progressLines(migrated.stderr);
