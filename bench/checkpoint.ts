@@ -60,6 +60,8 @@ interface SizeResult {
   compression: Record<string, number>;
   incrementalUploadedMiB: number;
   restoreFromStoreMs: number;
+  /** Its parts: download (read, verify, write the files), import (config and rootfs in place), lxc-checkpoint -r. */
+  restorePhasesMs: { download: number; import: number; restore: number };
   /** Resident set size of this process before our first checkpoint, and its peak while it ran (dump + upload). */
   rssBeforeUploadMiB: number;
   uploadPeakRssMiB: number;
@@ -251,7 +253,7 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
   await runtime.stop(name, { kill: true });
   await runtime.destroy(name);
   const restoreStarted = performance.now();
-  await restoreFromStore({ runtime, store, container: name, stagingDir: staging });
+  const restored = await restoreFromStore({ runtime, store, container: name, stagingDir: staging });
   const restoreFromStoreMs = performance.now() - restoreStarted;
   await runtime.stop(name, { kill: true });
   await runtime.destroy(name);
@@ -274,6 +276,7 @@ async function benchSize(testbed: Testbed, client: cassandra.Client, store: Cass
     compression: first.manifest.compression.reasons,
     incrementalUploadedMiB: second.uploadedBytes / MiB,
     restoreFromStoreMs,
+    restorePhasesMs: { download: restored.downloadMs, import: restored.importMs, restore: restored.restoreMs },
     rssBeforeUploadMiB: rssBeforeUpload / MiB,
     uploadPeakRssMiB: uploadPeakRss / MiB,
   };
@@ -309,7 +312,8 @@ async function main(): Promise<void> {
           `compression decisions: ${JSON.stringify(r.compression)}`,
           `peak RSS of this process during the checkpoint: ${round(r.uploadPeakRssMiB, 1)} MiB (${round(r.rssBeforeUploadMiB, 1)} MiB before it; the dump is streamed, never held whole)`,
           `second checkpoint after ~10% of memory changed: uploaded ${round(r.incrementalUploadedMiB)} MiB`,
-          `restore from Cassandra (download, verify, lay out, lxc-checkpoint -r): ${round(r.restoreFromStoreMs)} ms`,
+          `restore from Cassandra: ${round(r.restoreFromStoreMs)} ms (download and verify ${round(r.restorePhasesMs.download)}, ` +
+            `import config and rootfs ${round(r.restorePhasesMs.import)}, lxc-checkpoint -r ${round(r.restorePhasesMs.restore)})`,
         ].join('\n'),
       );
     }
@@ -336,6 +340,7 @@ async function main(): Promise<void> {
     summary[`raw_dump_ms_${r.sizeMiB}`] = round(r.rawDumpMs);
     summary[`durable_ms_${r.sizeMiB}`] = round(r.durableMs);
     summary[`restore_from_store_ms_${r.sizeMiB}`] = round(r.restoreFromStoreMs);
+    summary[`restore_download_ms_${r.sizeMiB}`] = round(r.restorePhasesMs.download);
     summary[`raw_restore_ms_${r.sizeMiB}`] = round(r.rawRestoreMs);
     summary[`incremental_upload_ratio_${r.sizeMiB}`] = round(r.incrementalUploadedMiB / r.uploadedMiB, 3);
     summary[`upload_peak_rss_mib_${r.sizeMiB}`] = round(r.uploadPeakRssMiB, 1);
