@@ -262,7 +262,7 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
       return { ...(await restoreVersion(attempt, tried)), fellBackFrom };
     } catch (err) {
       if (options.version !== undefined || !(err instanceof RestoreError) || tried.version === undefined) throw err;
-      fellBackFrom.push({ version: tried.version, error: headline(err.message) });
+      fellBackFrom.push({ version: tried.version, error: err.summary });
       const older = (await options.store.versions(options.container, RESTORE_READ))
         .filter((v) => v.state === 'committed' && v.version < tried.version!)
         .map((v) => v.version)
@@ -275,17 +275,6 @@ export async function restoreFromStore(options: RestoreFromStoreOptions): Promis
       attempt = { ...options, version: older, manifest: undefined, assembled: undefined };
     }
   }
-}
-
-/**
- * A restore error on one line: its first line and, when CRIU reported errors, all of them (the first is not always
- * the cause: a missing iptables-restore is logged before the file CRIU could not open). Stops where the runtime's
- * message points to the CRIU log.
- */
-function headline(message: string): string {
-  const lines = message.split('\n');
-  const logLine = lines.findIndex((line) => line.startsWith('CRIU log:'));
-  return lines.slice(0, logLine > 0 ? logLine : 1).map((line) => line.trim()).filter((line) => line !== '').join(' ');
 }
 
 /** One version's restore; `tried.version` says which once its manifest is known. */

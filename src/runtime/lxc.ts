@@ -285,11 +285,19 @@ async function runDetached(
   }
 }
 
-/** A failure message that puts CRIU's own error lines first, then where to read more. */
-async function describeCriuFailure(what: string, criuLog: string, err: unknown): Promise<string> {
+/**
+ * A failure message that puts CRIU's own error lines first, then where to read more; and its summary on one line:
+ * what failed and all of CRIU's errors (the first is not always the cause: a missing iptables-restore is logged
+ * before the file CRIU could not open).
+ */
+async function describeCriuFailure(what: string, criuLog: string, err: unknown): Promise<{ message: string; summary: string }> {
   const criuErrors = await readCriuLogErrors(criuLog);
   const reported = criuErrors.length > 0 ? `; CRIU reported:\n  ${criuErrors.join('\n  ')}` : '';
-  return `${what} failed${reported}\nCRIU log: ${criuLog}\n${errorMessage(err)}`;
+  const summaryErrors = criuErrors.map((line) => line.trim()).filter((line) => line !== '');
+  return {
+    message: `${what} failed${reported}\nCRIU log: ${criuLog}\n${errorMessage(err)}`,
+    summary: `${what} failed${criuErrors.length > 0 ? `; CRIU reported:${summaryErrors.map((line) => ` ${line}`).join('')}` : ''}`,
+  };
 }
 
 /** The rootfs directory a container config names (the last lxc.rootfs.path wins); directory rootfs only. */
@@ -416,7 +424,7 @@ export class LxcRuntime implements ContainerRuntime {
         timeoutMs: this.options.checkpointTimeoutMs,
       });
     } catch (err) {
-      throw new CheckpointError(await describeCriuFailure(`checkpoint of ${name}`, join(dir, 'dump.log'), err), {
+      throw new CheckpointError((await describeCriuFailure(`checkpoint of ${name}`, join(dir, 'dump.log'), err)).message, {
         cause: err,
       });
     }
@@ -453,8 +461,10 @@ export class LxcRuntime implements ContainerRuntime {
     const argv = ['-P', this.lxcpath, '-n', name, '-D', dir, '-r', ...this.verboseFlag()];
     const outputFile = join(this.containerDir(name), 'lxc-checkpoint-restore.out');
     const started = performance.now();
-    const failure = async (err: unknown): Promise<RestoreError> =>
-      new RestoreError(await describeCriuFailure(`restore of ${name}`, join(dir, 'restore.log'), err), { cause: err });
+    const failure = async (err: unknown): Promise<RestoreError> => {
+      const { message, summary } = await describeCriuFailure(`restore of ${name}`, join(dir, 'restore.log'), err);
+      return new RestoreError(message, { cause: err, summary });
+    };
     let result: DetachedRunResult;
     try {
       const timeoutMs = this.options.checkpointTimeoutMs;

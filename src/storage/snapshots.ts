@@ -254,9 +254,10 @@ export async function uploadSnapshot(options: UploadOptions): Promise<UploadResu
   /** Starts puts from `ready` while slots are free; each finished put starts the next. */
   const launch = () => {
     while (!failure && inFlight.size < concurrency && ready.length > 0) {
-      lateFailure ??= pastDeadline();
-      if (lateFailure) {
-        failure = { error: lateFailure };
+      const late = pastDeadline();
+      if (late) {
+        lateFailure = late;
+        failure = { error: late };
         return;
       }
       const { location, bytes } = ready.shift()!;

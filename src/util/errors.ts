@@ -113,6 +113,13 @@ export class CheckpointError extends LxcrError {
 
 export class RestoreError extends LxcrError {
   readonly code = 'RESTORE_FAILED';
+  /** The failure on one line (the message may go on: where CRIU's log is, the underlying error); for audit trails. */
+  readonly summary: string;
+
+  constructor(message: string, options?: { cause?: unknown; summary?: string }) {
+    super(message, options);
+    this.summary = options?.summary ?? message.split('\n')[0]!.trim();
+  }
 }
 
 export class IntegrityError extends LxcrError {

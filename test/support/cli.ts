@@ -1,5 +1,6 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { run } from '../../src/util/exec.ts';
 
 /** The `lxcr` CLI of this checkout. */
 const LXCR = join(import.meta.dirname, '../../bin/lxcr.js');
@@ -20,21 +21,7 @@ export function lxcr(...args: string[]): CliRun {
 }
 
 /** Runs `lxcr args...` without blocking, for a test that does something else while the command runs. */
-export function lxcrInBackground(...args: string[]): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [LXCR, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const timeout = setTimeout(() => child.kill('SIGKILL'), CLI_TIMEOUT_MS);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
-    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-    child.on('error', (error) => {
-      clearTimeout(timeout);
-      reject(error);
-    });
-    child.on('close', (status) => {
-      clearTimeout(timeout);
-      resolve({ status, stdout, stderr });
-    });
-  });
+export async function lxcrInBackground(...args: string[]): Promise<CliRun> {
+  const { exitCode, stdout, stderr } = await run(process.execPath, [LXCR, ...args], { allowFailure: true, timeoutMs: CLI_TIMEOUT_MS });
+  return { status: exitCode, stdout, stderr };
 }
